@@ -1,0 +1,33 @@
+"""Class names, in model-output order, of the datasets POSTER was released on.
+
+The orders are the ones the original code used (SPEC 5.3-5.5); the
+abbreviations are those of the original confusion-matrix plots.
+"""
+
+from __future__ import annotations
+
+RAFDB_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+AFFECTNET7_CLASSES = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger")
+AFFECTNET8_CLASSES = AFFECTNET7_CLASSES + ("Contempt",)
+# Kaggle FER2013 folder names, sorted (the folder-layout class order).
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+_ABBREVIATIONS = {
+    "surprise": "SU", "fear": "FE", "disgust": "DI", "happiness": "HA", "happy": "HA",
+    "sadness": "SA", "sad": "SA", "anger": "AN", "angry": "AN", "neutral": "NE", "contempt": "CO",
+}
+
+DATASET_CLASSES = {
+    "rafdb": RAFDB_CLASSES,
+    "affectnet7": AFFECTNET7_CLASSES,
+    "affectnet8": AFFECTNET8_CLASSES,
+    "fer2013": FER2013_CLASSES,
+}
+
+# Plot titles of the original test scripts.
+DATASET_TITLES = {"rafdb": "RAF-DB", "affectnet7": "AffectNet", "affectnet8": "AffectNet_8class", "fer2013": "FER2013"}
+
+
+def abbreviate(name: str) -> str:
+    """Two-letter label used on confusion-matrix axes (falls back to the name itself)."""
+    return _ABBREVIATIONS.get(name.lower(), name)
