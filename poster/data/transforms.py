@@ -1,0 +1,224 @@
+"""Image decoding and the evaluation transform, matching the reference pipeline bit for bit.
+
+The reference test transform (SPEC 5.2) is torchvision's
+``Resize((S, S))`` (PIL bilinear) -> ``ToTensor`` (uint8 / 255) -> ``Normalize`` (ImageNet),
+applied to an array whose channels are *already* in the model's channel order: the V1 RAF-DB
+release was trained on BGR arrays, everything else on RGB (SPEC 5.1).  ``EvalTransform``
+reproduces it without torchvision; ``tests/test_transforms.py`` checks it against
+``golden/preprocess.npz`` with zero difference.
+
+Channel-order conventions used throughout:
+
+* ``load_image(path, channel_order)`` decodes with OpenCV (as the V1 loaders did) and returns
+  the array in the requested order.
+* ``EvalTransform`` takes an array already in its config's order and never reorders it.
+* ``to_uint8_array(image, channel_order, assume)`` turns "anything image-like" (a path, a PIL
+  image, a numpy array whose order is ``assume``) into an array in ``channel_order``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DatasetError
+from ..meta import InputConfig
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "CHANNEL_ORDERS",
+    "load_image",
+    "decode_image_bytes",
+    "to_uint8_array",
+    "to_normalized_tensor",
+    "EvalTransform",
+]
+
+# File endings the folder datasets pick up (compared case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+_PIL_FILTERS = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+}
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def _check_order(channel_order: str, what: str = "channel_order") -> str:
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"{what} must be 'RGB' or 'BGR', got {channel_order!r}")
+    return channel_order
+
+
+def _reorder(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Return a C-contiguous copy-or-view of an HxWx3 array converted from ``src`` to ``dst`` order."""
+    if src != dst:
+        arr = arr[..., ::-1]
+    return np.ascontiguousarray(arr)
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """True when a JPEG lacks its end-of-image marker (older OpenCV builds decode such files
+    half-grey with only a warning).  Trailing padding is tolerated; anything else is confirmed by
+    a full PIL decode, which stops at the EOI marker and fails on truly truncated data."""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    if data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception:
+        return True
+    return False
+
+
+def decode_image_bytes(data: bytes | bytearray | memoryview | np.ndarray, channel_order: str = "RGB",
+                       name: str = "<bytes>") -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, BMP, WebP, ...) to an HxWx3 uint8 array.
+
+    Grey images become 3 identical channels, alpha is dropped, 16-bit images are scaled to 8 bits
+    (OpenCV ``IMREAD_COLOR``).  Empty, truncated or undecodable data raises ``DatasetError``
+    naming ``name``.
+    """
+    _check_order(channel_order)
+    if isinstance(data, np.ndarray):
+        buf = np.ascontiguousarray(data.reshape(-1)).view(np.uint8)
+    else:
+        buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    if buf.size == 0:
+        raise DatasetError(f"image file is empty (0 bytes): {name}")
+    try:
+        arr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # pragma: no cover - OpenCV normally returns None instead
+        raise DatasetError(f"cannot decode image {name}: {exc}") from exc
+    if arr is None:
+        raise DatasetError(f"cannot decode image (not an image, unsupported format or corrupt): {name}")
+    if _jpeg_is_truncated(buf.tobytes()):
+        raise DatasetError(f"image file is truncated (JPEG end marker missing): {name}")
+    if arr.ndim == 2:  # defensive: IMREAD_COLOR should always give 3 channels
+        arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
+    return _reorder(arr, "BGR", channel_order)
+
+
+def load_image(path: str | os.PathLike, channel_order: str = "RGB") -> np.ndarray:
+    """Read an image file into an HxWx3 uint8 array in ``channel_order`` ("RGB" or "BGR").
+
+    The file is read as bytes (``np.fromfile``) and decoded with ``cv2.imdecode``, so paths with
+    non-ASCII characters work on every platform.  Note that OpenCV applies the EXIF orientation
+    tag (like ``cv2.imread``, the V1 loader) whereas a plain PIL loader (V2's ImageFolder) does not.
+    Errors (missing file, empty, truncated, not an image) raise ``DatasetError`` naming the file.
+    """
+    _check_order(channel_order)
+    p = Path(path)
+    try:
+        buf = np.fromfile(p, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"image file not found: {p}") from exc
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read image file {p}: {exc}") from exc
+    return decode_image_bytes(buf, channel_order, name=str(p))
+
+
+def to_uint8_array(image: ImageLike, channel_order: str = "RGB", assume: str = "RGB") -> np.ndarray:
+    """Turn a path, PIL image or numpy array into an HxWx3 uint8 array in ``channel_order``.
+
+    * path (str / PathLike): decoded with ``load_image``.
+    * PIL image: converted to RGB first (its modes define the channel meaning).
+    * numpy array: HxW (grey), HxWx1, HxWx3 or HxWx4 (alpha dropped), dtype uint8; its channels
+      are taken to be in ``assume`` order ("RGB" or "BGR", e.g. "BGR" for ``cv2.imread`` output).
+    """
+    _check_order(channel_order)
+    _check_order(assume, "assume")
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, channel_order)
+    if isinstance(image, Image.Image):
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return _reorder(rgb, "RGB", channel_order)
+    if isinstance(image, torch.Tensor):
+        raise TypeError("to_uint8_array expects a path, PIL image or numpy array, not a torch.Tensor "
+                        "(a tensor is usually already normalized; pass the raw image instead)")
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+    arr = image
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+    if arr.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(arr, 3, axis=2))
+    return _reorder(arr[:, :, :3], assume, channel_order)
+
+
+def to_normalized_tensor(arr: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """HxWx3 uint8 -> float32 [3,H,W]: ``(u8 / 255 - mean) / std`` in torchvision's op order."""
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
+        arr = arr.copy()
+    t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    t = t.to(torch.float32).div(255)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return t.sub_(m).div_(s)
+
+
+class EvalTransform:
+    """The reference evaluation transform for a given ``InputConfig``.
+
+    Call it with an HxWx3 uint8 numpy array whose channels are ALREADY in
+    ``input_config.channel_order`` (the array is never reordered); it returns a float32 tensor
+    [3, S, S]:  ``PIL.Image.fromarray(arr).resize((S, S), BILINEAR)`` -> ``/255`` ->
+    ``(x - mean) / std``.  A PIL image is also accepted: PIL images are RGB by definition, so it is
+    converted to the config's order first.
+    """
+
+    def __init__(self, input_config: InputConfig | None = None) -> None:
+        self.input_config = input_config if input_config is not None else InputConfig()
+        interp = self.input_config.interpolation.lower()
+        if interp not in _PIL_FILTERS:
+            raise ValueError(f"unknown interpolation {self.input_config.interpolation!r}; "
+                             f"expected one of {sorted(_PIL_FILTERS)}")
+        self._filter = _PIL_FILTERS[interp]
+
+    @property
+    def channel_order(self) -> str:
+        return self.input_config.channel_order
+
+    @property
+    def size(self) -> int:
+        return int(self.input_config.input_size)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if isinstance(image, Image.Image):
+            arr = to_uint8_array(image, self.channel_order)
+        elif isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(
+                    f"EvalTransform expects an HxWx3 uint8 array, got shape {image.shape} dtype {image.dtype}"
+                    " (use to_uint8_array to convert other images)")
+            arr = np.ascontiguousarray(image)
+        else:
+            raise TypeError(f"EvalTransform expects a numpy array or PIL image, got {type(image).__name__}")
+        s = self.size
+        resized = Image.fromarray(arr).resize((s, s), self._filter)
+        return to_normalized_tensor(np.asarray(resized), self.input_config.mean, self.input_config.std)
+
+    def __repr__(self) -> str:
+        c = self.input_config
+        return (f"EvalTransform(size={c.input_size}, channel_order={c.channel_order!r}, "
+                f"interpolation={c.interpolation!r}, mean={c.mean}, std={c.std})")
