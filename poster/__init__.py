@@ -1,0 +1,22 @@
+"""poster: POSTER / POSTER V2 facial expression recognition.
+
+Entry points::
+
+    model = poster.create_model("poster_v1_large", num_classes=7)     # fresh network
+    model = poster.load_model("rafdb_best.pth", device="cuda")         # ready, in eval mode
+    model.meta.class_names, model.meta.input.channel_order             # how to use it
+"""
+
+from .checkpoint.formats import export_official, read_weight_file, save_checkpoint
+from .checkpoint.loading import load_backbone_weights, load_model
+from .errors import CheckpointError, DatasetError, PosterError
+from .meta import InputConfig, ModelMeta
+from .models import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create_model", "list_models", "load_model", "load_backbone_weights", "save_checkpoint",
+    "export_official", "read_weight_file", "InputConfig", "ModelMeta", "PosterError",
+    "CheckpointError", "DatasetError", "__version__",
+]

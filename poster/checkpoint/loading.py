@@ -1,0 +1,197 @@
+"""From a weights file to a ready model: architecture inference, checked loading, metadata.
+
+The original code loaded non-strictly and silently (a wrong ``--modeltype`` gave a half
+random model).  Here every missing, unexpected or mis-shaped key is an error that lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..data.labels import DATASET_CLASSES
+from ..errors import CheckpointError
+from ..meta import InputConfig, ModelMeta
+from ..models import create_model
+from ..models.poster_v1 import DEPTHS
+from .formats import WeightFile, read_weight_file
+
+log = logging.getLogger(__name__)
+
+_DEPTH_TO_SIZE = {depth: size for size, depth in DEPTHS.items()}
+_V2_STAGE_OF_UNIT = [("body1", 3), ("body2", 4), ("body3", 14)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture inference
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor], path: str = "") -> tuple[str, dict[str, Any]]:
+    """(registry name, options) of the POSTER model a prefix-free state dict belongs to."""
+    where = f"{path}: " if path else ""
+    if "VIT.head.linear.weight" in state_dict:
+        return "poster_v2", {"num_classes": int(state_dict["VIT.head.linear.weight"].shape[0])}
+    if "head.linear.weight" in state_dict and "pyramid_fuse.pos_embed" in state_dict:
+        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"pyramid_fuse\.blocks\.(\d+)\.", k))}
+        depth = max(blocks) + 1 if blocks else 0
+        if depth not in _DEPTH_TO_SIZE:
+            raise CheckpointError(f"{where}POSTER V1 weights with {depth} pyramid blocks; "
+                                  f"known sizes are {dict(DEPTHS)}")
+        token_mixing = "pyramid_fuse.blocks.0.block_l.conv.weight" in state_dict
+        return f"poster_v1_{_DEPTH_TO_SIZE[depth]}", {
+            "num_classes": int(state_dict["head.linear.weight"].shape[0]), "token_mixing": token_mixing}
+    sample = sorted(state_dict)[:5]
+    raise CheckpointError(f"{where}cannot tell which POSTER model these weights belong to "
+                          f"(no 'head.linear.weight' / 'VIT.head.linear.weight'); first keys: {sample}")
+
+
+def release_meta(arch: str, options: Mapping[str, Any], dataset: str | None, source: str) -> ModelMeta:
+    """Metadata of an official release: class order and channel order by dataset (SPEC 5)."""
+    num_classes = int(options["num_classes"])
+    if dataset is None:
+        if arch.startswith("poster_v1"):
+            dataset = "rafdb" if options.get("token_mixing", True) else f"affectnet{num_classes}"
+        else:
+            dataset = "affectnet8" if num_classes == 8 else "rafdb"
+            if num_classes == 7:
+                log.warning("%s: a 7-class POSTER V2 file may be RAF-DB or AffectNet-7; assuming RAF-DB "
+                            "class order (pass dataset='affectnet7' otherwise)", source)
+    names = DATASET_CLASSES.get(dataset)
+    if names is None or len(names) != num_classes:
+        names = tuple(f"class_{i}" for i in range(num_classes))
+    # Only the V1 RAF-DB release was fed BGR tensors (its loader kept cv2's order).
+    bgr = arch.startswith("poster_v1") and dataset == "rafdb" and options.get("token_mixing", True)
+    return ModelMeta(arch=arch, num_classes=num_classes, class_names=names,
+                     input=InputConfig(channel_order="BGR" if bgr else "RGB"),
+                     arch_options={k: v for k, v in options.items() if k != "num_classes"},
+                     source=source, dataset=dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checked loading
+
+
+def _mismatch_report(missing, unexpected, shapes, limit: int = 12) -> str:
+    parts = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+            parts.append(f"{len(items)} {title}: {shown}")
+    return "; ".join(parts)
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "",
+                            allow_missing: tuple[str, ...] = ("relative_position_index",)) -> None:
+    """Strict load that lists every missing/unexpected/mis-shaped key in one error.
+
+    ``relative_position_index`` buffers may be absent (they are a pure function of the window
+    size and are regenerated), but when present they must equal the regenerated value.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith(allow_missing)]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: "
+                              + _mismatch_report(missing, unexpected, shapes))
+    for k in own:
+        if k.endswith("relative_position_index") and k in state_dict and not torch.equal(state_dict[k].cpu(), own[k].cpu()):
+            raise CheckpointError(f"{source}: {k} differs from the standard relative-position index")
+    model.load_state_dict({k: v for k, v in state_dict.items()}, strict=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
+                           channel_order: str | None = None) -> nn.Module:
+    if wf.kind == "landmark":
+        raise CheckpointError(f"{wf.path}: this is the MobileFaceNet landmark backbone, not a POSTER model; "
+                              "give it to training as --landmark")
+    if wf.meta is not None:
+        meta = wf.meta
+        arch, options = meta.arch, {"num_classes": meta.num_classes, **meta.arch_options}
+        inferred = infer_architecture(wf.state_dict, wf.path)
+        if inferred[0] != arch:
+            raise CheckpointError(f"{wf.path}: metadata says {arch} but the weights are {inferred[0]}")
+    else:
+        arch, options = infer_architecture(wf.state_dict, wf.path)
+        meta = release_meta(arch, options, dataset, Path(wf.path).name)
+    if channel_order is not None:
+        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "channel_order": channel_order}})
+    model = create_model(arch, **options)
+    load_state_dict_checked(model, wf.state_dict, wf.path)
+    model.meta = meta
+    return model
+
+
+def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu", *,
+               dataset: str | None = None, channel_order: str | None = None) -> nn.Module:
+    """A ready model in eval mode from any supported file (or a release name found locally).
+
+    The returned model carries ``model.meta`` (a ``ModelMeta``): class names, channel order,
+    normalisation and input size to use with these weights.  ``dataset`` names the class order
+    of an official file when its keys cannot tell (7-class V2: RAF-DB or AffectNet-7).
+    """
+    from ..pretrained import resolve_weights  # local import: pretrained imports this module
+
+    path = resolve_weights(path_or_name)
+    wf = read_weight_file(path, map_location="cpu")
+    model = model_from_weight_file(wf, dataset=dataset, channel_order=channel_order)
+    return model.to(device).eval()
+
+
+def remap_ir50_for_v2(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``body.0-2/3-6/7-20`` -> ``body1.0-2/body2.0-3/body3.0-13`` (SPEC 4.2)."""
+    offsets, start = {}, 0
+    for stage, count in _V2_STAGE_OF_UNIT:
+        for j in range(count):
+            offsets[start + j] = (stage, j)
+        start += count
+    out = {}
+    for k, v in state_dict.items():
+        m = re.match(r"body\.(\d+)\.(.*)", k)
+        if m and int(m.group(1)) in offsets:
+            stage, j = offsets[int(m.group(1))]
+            out[f"{stage}.{j}.{m.group(2)}"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def load_backbone_weights(model: nn.Module, ir50: str | os.PathLike | None = None,
+                          landmark: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Initialise a fresh POSTER model's backbones from the official pretrained files.
+
+    ``ir50``: a face.evoLVe IR-50 state dict; entries POSTER does not have (the 4th stage
+    ``body.21-23``) are dropped and reported, ``body.N`` is renamed for V2.
+    ``landmark``: ``mobilefacenet_model_best.pth.tar`` (``{'state_dict': ...}``), loaded strictly.
+    Returns a report ``{'ir50': {'loaded': n, 'dropped': [...]}, 'landmark': {'loaded': n}}``.
+    """
+    report: dict[str, Any] = {}
+    if ir50 is not None:
+        wf = read_weight_file(ir50)
+        sd = dict(wf.state_dict)
+        trunk = model.ir_back
+        if getattr(trunk, "split_stages", False) and any(k.startswith("body.") for k in sd):
+            sd = remap_ir50_for_v2(sd)
+        own = trunk.state_dict()
+        dropped = sorted(k for k in sd if k not in own)
+        kept = {k: v for k, v in sd.items() if k in own}
+        load_state_dict_checked(trunk, kept, str(ir50))
+        report["ir50"] = {"loaded": len(kept), "dropped": dropped}
+        if dropped:
+            log.info("%s: dropped %d entries POSTER does not use (%s...)", ir50, len(dropped), dropped[:3])
+    if landmark is not None:
+        wf = read_weight_file(landmark)
+        load_state_dict_checked(model.face_landback, wf.state_dict, str(landmark))
+        report["landmark"] = {"loaded": len(wf.state_dict)}
+    return report

@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # golden_fill helpers
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent (the shared reference material sits beside the checkout)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def fer2013_dir(shared_dir) -> Path:
+    path = shared_dir / "data" / "fer2013"
+    if not (path / "train").is_dir():
+        pytest.skip(f"{path} is absent: the FER2013 faces are needed for this test")
+    return path
