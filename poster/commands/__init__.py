@@ -1,0 +1,1 @@
+"""One module per ``poster`` sub-command: ``add_parser(subparsers)`` + ``run(args)``."""

