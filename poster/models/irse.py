@@ -48,26 +48,34 @@ def _stage_units(in_channels: int, out_channels: int, count: int) -> list[nn.Mod
 class IR50Trunk(nn.Module):
     """Three IR-50 stages on a 112x112 input.
 
+    The defaults are the official trunk; ``units``/``widths`` give smaller trunks of the same
+    design (compact models), and ``keep_dead_layers=False`` omits the never-run ``output_layer``.
+
     ``split_stages=False`` (V1): one ``body`` sequence, ``forward`` returns the
     [B,256,14,14] stage-3 map.  ``split_stages=True`` (V2): ``body1/2/3``,
     ``forward`` returns the three stage outputs.
     """
 
-    def __init__(self, split_stages: bool = False):
+    def __init__(self, split_stages: bool = False, units: tuple[int, int, int] = (3, 4, 14),
+                 widths: tuple[int, int, int] = (64, 128, 256), keep_dead_layers: bool = True):
         super().__init__()
         self.split_stages = split_stages
+        self.out_channels = widths[-1]
+        stem = widths[0]
         self.input_layer = nn.Sequential(
-            nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64)
+            nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem)
         )
-        # Dead in POSTER (never run), kept so official files round-trip.
-        self.output_layer = nn.Sequential(
-            nn.BatchNorm2d(512),
-            nn.Dropout(0.0),
-            nn.Flatten(),
-            nn.Linear(512 * 7 * 7, 512),
-            nn.BatchNorm1d(512),
-        )
-        stages = [_stage_units(*spec) for spec in IR50_STAGES]
+        if keep_dead_layers:
+            # Dead in POSTER (never run), kept so official files round-trip.
+            self.output_layer = nn.Sequential(
+                nn.BatchNorm2d(512),
+                nn.Dropout(0.0),
+                nn.Flatten(),
+                nn.Linear(512 * 7 * 7, 512),
+                nn.BatchNorm1d(512),
+            )
+        ins = (stem,) + tuple(widths[:-1])
+        stages = [_stage_units(cin, cout, n) for cin, cout, n in zip(ins, widths, units)]
         if split_stages:
             self.body1 = nn.Sequential(*stages[0])
             self.body2 = nn.Sequential(*stages[1])

@@ -100,9 +100,10 @@ class PyramidBlock(nn.Module):
 class PyramidFusion(nn.Module):
     """Builds the 100-token sequence and runs the pyramid (``pyramid_fuse``)."""
 
-    def __init__(self, depth: int, token_mixing: bool, drop_path_rate: float = 0.1):
+    def __init__(self, depth: int, token_mixing: bool, drop_path_rate: float = 0.1, keep_dead_layers: bool = True):
         super().__init__()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, 512))  # unused by the reference, kept for loading
+        if keep_dead_layers:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 512))  # unused by the reference, kept for loading
         self.pos_embed = nn.Parameter(torch.zeros(1, HALF, 512))
         self.downsample_m = nn.Conv1d(NUM_TOKENS, NUM_TOKENS, 2, 2)
         self.downsample_s = nn.Conv1d(NUM_TOKENS, NUM_TOKENS, 4, 4)
@@ -110,7 +111,8 @@ class PyramidFusion(nn.Module):
         self.blocks = nn.ModuleList(PyramidBlock(r, token_mixing) for r in rates)
         self.norm = nn.LayerNorm(512, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if keep_dead_layers:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def tokens(self, image_tokens: torch.Tensor, landmark_tokens: torch.Tensor) -> torch.Tensor:
         """[mean, 49 image tokens] + pos_embed, then [mean, 49 landmark tokens] (no pos_embed)."""
@@ -145,16 +147,22 @@ class PosterV1(nn.Module):
         token_mixing: the per-block Conv1d(100,100,1) of the RAF-DB release (True) or
             the AffectNet release without it (False).
         drop_path_rate: stochastic depth of the last PyramidBlock (training only).
+        ir_units, ir_widths: units and channels of the three IR stages (official: (3,4,14), (64,128,256));
+            smaller values give compact models of the same design.
+        keep_dead_layers: keep the never-run parameters of the official files (needed to load them).
     """
 
     def __init__(self, num_classes: int = 7, depth: int = 8, token_mixing: bool = True,
-                 drop_path_rate: float = 0.1):
+                 drop_path_rate: float = 0.1, ir_units: tuple[int, int, int] = (3, 4, 14),
+                 ir_widths: tuple[int, int, int] = (64, 128, 256), keep_dead_layers: bool = True):
         super().__init__()
         self.num_classes = num_classes
         self.face_landback = MobileFaceNet(136)
-        self.ir_back = IR50Trunk(split_stages=False)
-        self.ir_layer = nn.Linear(1024, 512)
-        self.pyramid_fuse = PyramidFusion(depth, token_mixing, drop_path_rate)
+        self.ir_back = IR50Trunk(False, tuple(ir_units), tuple(ir_widths), keep_dead_layers)
+        # The [C,14,14] map is re-read as 49 rows of 4*C values (1024 for the official trunk).
+        self.ir_token_dim = 4 * self.ir_back.out_channels
+        self.ir_layer = nn.Linear(self.ir_token_dim, 512)
+        self.pyramid_fuse = PyramidFusion(depth, token_mixing, drop_path_rate, keep_dead_layers)
         self.se_block = SEBlock(512)
         self.head = ClassifierHead(512, num_classes)
         self.pyramid_fuse.apply(_init_weights)
@@ -169,7 +177,7 @@ class PosterV1(nn.Module):
         landmark_tokens = landmark_map.flatten(2).transpose(1, 2)  # spatial tokens [B,49,512]
         ir_map = self.ir_back(x112)  # [B,256,14,14]
         # The reference re-reads the NCHW map as 49 rows of 1024 values: not spatial tokens.
-        image_tokens = self.ir_layer(ir_map.reshape(ir_map.shape[0], 49, 1024))
+        image_tokens = self.ir_layer(ir_map.reshape(ir_map.shape[0], 49, self.ir_token_dim))
         return self.se_block(self.pyramid_fuse(image_tokens, landmark_tokens))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

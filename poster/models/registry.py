@@ -53,6 +53,20 @@ for _size, _depth in DEPTHS.items():
         options=("num_classes", "token_mixing", "drop_path_rate"),
     ))
 
+def _build_v1_tiny(num_classes: int = 7, token_mixing: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
+    return PosterV1(num_classes=num_classes, depth=1, token_mixing=token_mixing, drop_path_rate=drop_path_rate,
+                    ir_units=(1, 2, 2), ir_widths=(32, 64, 128), keep_dead_layers=False)
+
+
+register(ArchSpec(
+    name="poster_v1_tiny",
+    builder=_build_v1_tiny,
+    description="compact POSTER V1 (1 pyramid block, IR trunk units (1,2,2) widths (32,64,128), no dead "
+                "layers; ~7M parameters) for CPU training and the bundled default model",
+    defaults={"num_classes": 7, "token_mixing": False},
+    options=("num_classes", "token_mixing", "drop_path_rate"),
+))
+
 register(ArchSpec(
     name="poster_v2",
     builder=lambda num_classes=7: PosterV2(num_classes=num_classes),
