@@ -119,9 +119,11 @@ def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
     if wf.meta is not None:
         meta = wf.meta
         arch, options = meta.arch, {"num_classes": meta.num_classes, **meta.arch_options}
-        inferred = infer_architecture(wf.state_dict, wf.path)
-        if inferred[0] != arch:
-            raise CheckpointError(f"{wf.path}: metadata says {arch} but the weights are {inferred[0]}")
+        # The checked load below catches any mismatch; this only gives a clearer message for V1/V2 mix-ups.
+        is_v2_weights = "VIT.head.linear.weight" in wf.state_dict
+        if is_v2_weights != arch.startswith("poster_v2"):
+            raise CheckpointError(f"{wf.path}: metadata says {arch} but the weights are "
+                                  f"POSTER {'V2' if is_v2_weights else 'V1'} weights")
     else:
         arch, options = infer_architecture(wf.state_dict, wf.path)
         meta = release_meta(arch, options, dataset, Path(wf.path).name)

@@ -37,7 +37,7 @@ __all__ = [
     "build_dataset",
 ]
 
-DATASET_NAMES = ("rafdb", "affectnet7", "affectnet8", "folder", "fer2013")
+DATASET_NAMES = ("rafdb", "affectnet7", "affectnet8", "folder", "fer2013", "ferplus", "caers")
 
 RAFDB_LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"  # (sic) the official spelling
 RAFDB_IMAGE_DIR = Path("Image") / "aligned"
@@ -410,6 +410,15 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None,
     elif key in ("folder", "imagefolder"):
         records, names = folder_records(root, split, class_names)
         default, class_names, key = names, None, "folder"
+    elif key in ("caers", "caer"):
+        # CAER-S ships as class folders (<root>/train/<class>, <root>/test/<class>).
+        records, names = folder_records(root, split, class_names)
+        default, class_names, key = names, None, "caers"
+    elif key == "ferplus":
+        from .ferplus import FERPLUS_CLASSES, ferplus_records
+
+        records, _ = ferplus_records(root, split or "train")
+        default = FERPLUS_CLASSES
     elif key == "fer2013":
         records, names = folder_records(root, split, class_names if class_names is not None else FER2013_CLASSES)
         default, class_names = names, None

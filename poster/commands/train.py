@@ -1,0 +1,76 @@
+"""``poster train``: a recipe on a dataset, on CPU, one GPU or many (``torchrun``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..data import DATASET_NAMES
+from ..train.recipes import get_recipe, list_recipes
+from ..train.trainer import Trainer, TrainOptions
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model with a named recipe",
+        description="Train POSTER with a recipe (poster train --list-recipes). Single process needs no "
+                    "launcher; for several GPUs or machines run it under torchrun, e.g. "
+                    "'torchrun --nproc-per-node 4 -m poster train ...'.")
+    p.add_argument("--recipe", help="recipe name (see --list-recipes)")
+    p.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
+    p.add_argument("--dataset", choices=DATASET_NAMES,
+                   help="dataset layout (default: the recipe's)")
+    p.add_argument("--data", help="dataset root folder")
+    p.add_argument("-o", "--output-dir", help="run folder (default runs/train/<recipe>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set lr=1e-4 --set epochs=20 (repeatable)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default=None,
+                   help="explicit validation split; default: hold out --val-fraction of the training split")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-split", default="test", help="split evaluated once at the end ('none' to skip)")
+    p.add_argument("--select-on", choices=("val", "test"), default="val",
+                   help="'test' reproduces the papers' protocol (best test accuracy over epochs; optimistic)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--ir50", help="official ir50.pth to initialise the IR-50 trunk")
+    p.add_argument("--landmark", help="official mobilefacenet_model_best.pth.tar for the landmark net")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pth")
+    p.add_argument("--limit-train", type=int, help="use a stratified subset of this many training images")
+    p.add_argument("--limit-val", type=int)
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("-j", "--workers", type=int, help="data-loading processes (default: the recipe's)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs (default: per-GPU BN as the original)")
+    p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_recipes:
+        for name in list_recipes():
+            r = get_recipe(name)
+            print(f"{name:15s} {r.arch:16s} {r.dataset:11s} lr {r.lr:g} batch {r.batch_size} epochs {r.epochs} "
+                  f"loss {r.loss} {r.channel_order}")
+        return 0
+    if not args.recipe or not args.data:
+        from ..errors import PosterError
+
+        raise PosterError("poster train needs --recipe and --data (see poster train --help)")
+    recipe = get_recipe(args.recipe, args.overrides)
+    dataset = args.dataset or recipe.dataset
+    options = TrainOptions(
+        dataset=dataset, data=args.data, output_dir=args.output_dir or str(Path("runs") / "train" / recipe.name),
+        train_split=args.train_split, val_split=args.val_split, val_fraction=args.val_fraction,
+        test_split=None if str(args.test_split).lower() == "none" else args.test_split,
+        select_on=args.select_on, device=args.device, precision=args.precision, ir50=args.ir50,
+        landmark=args.landmark, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val,
+        limit_test=args.limit_test, workers=args.workers, progress=not args.no_progress,
+        tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic)
+    result = Trainer(recipe, options).fit()
+    if result:
+        print(json.dumps({k: v for k, v in result.items() if not k.endswith("_report")}, indent=2))
+    return 0
