@@ -12,11 +12,12 @@ from .checkpoint.loading import load_backbone_weights, load_model
 from .errors import CheckpointError, DatasetError, PosterError
 from .meta import InputConfig, ModelMeta
 from .models import create_model, list_models
+from .predict import FaceResult, ImageResult, Recognizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "create_model", "list_models", "load_model", "load_backbone_weights", "save_checkpoint",
     "export_official", "read_weight_file", "InputConfig", "ModelMeta", "PosterError",
-    "CheckpointError", "DatasetError", "__version__",
+    "CheckpointError", "DatasetError", "Recognizer", "FaceResult", "ImageResult", "__version__",
 ]

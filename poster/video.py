@@ -1,0 +1,188 @@
+"""Video input and output for prediction: files, webcams, streams; annotated video files.
+
+Sources (``parse_source``):
+
+* an ``int`` or a string of digits, or ``"webcam:N"`` / ``"cam:N"`` / ``"camera:N"``: webcam ``N``;
+* a string with a URL scheme (``rtsp://``, ``rtmp://``, ``http://``, ``https://``, ``udp://``, ...):
+  a network stream, opened by OpenCV's FFmpeg back-end;
+* anything else: a video file path.
+
+``FrameReader`` yields ``(frame_index, frame_bgr)``; a frame that cannot be decoded is skipped and
+counted (``frames_failed``) when a later frame decodes again; a run of failures at the end is the end
+of the stream.  ``VideoSink`` writes frames to an MP4 (``mp4v``) file under a temporary name and
+renames it into place when closed, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .errors import PosterError
+
+__all__ = ["VIDEO_EXTENSIONS", "parse_source", "is_video_path", "FrameReader", "VideoSink"]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
+                    ".ts", ".mts", ".m2ts", ".ogv")
+_WEBCAM = re.compile(r"^(?:webcam|cam|camera):(\d+)$", re.IGNORECASE)
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def parse_source(source: int | str | os.PathLike) -> tuple[str, int | str]:
+    """``("webcam", index)``, ``("stream", url)`` or ``("file", path)``."""
+    if isinstance(source, bool):
+        raise TypeError("a video source is a path, a URL or a webcam index, not a bool")
+    if isinstance(source, int):
+        return "webcam", source
+    text = os.fspath(source)
+    m = _WEBCAM.match(text.strip())
+    if m:
+        return "webcam", int(m.group(1))
+    if text.strip().isdigit():
+        return "webcam", int(text.strip())
+    if _URL.match(text):
+        return "stream", text
+    return "file", text
+
+
+def source_name(source: int | str | os.PathLike) -> str:
+    kind, target = parse_source(source)
+    return f"webcam:{target}" if kind == "webcam" else str(target)
+
+
+class FrameReader:
+    """Frames of a video file, webcam or stream (``cv2.VideoCapture``), opened on construction.
+
+    ``every_n``: decode only every n-th frame (the others are grabbed, not decoded); indices stay
+    those of the source.  ``max_failures``: consecutive unreadable frames after which the source is
+    considered finished.  Attributes: ``fps`` (0 when unknown), ``frame_size`` ((w, h), once known),
+    ``frame_count`` (files only, else 0), ``frames_read``, ``frames_failed``.
+    """
+
+    def __init__(self, source: int | str | os.PathLike, every_n: int = 1, max_failures: int = 25) -> None:
+        if every_n < 1:
+            raise ValueError(f"every_n must be >= 1, got {every_n}")
+        self.kind, target = parse_source(source)
+        self.name = source_name(source)
+        if self.kind == "file" and not Path(target).is_file():
+            raise PosterError(f"video file not found: {target}")
+        self.every_n = int(every_n)
+        self.max_failures = int(max_failures)
+        self._cap = cv2.VideoCapture(target)
+        if not self._cap.isOpened():
+            self._cap.release()
+            what = {"webcam": "webcam", "stream": "stream", "file": "video file"}[self.kind]
+            raise PosterError(f"cannot open {what} {self.name} (not a video, unsupported codec or unavailable)")
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if np.isfinite(fps) and 0 < fps < 1000 else 0.0
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) if self.kind == "file" else 0
+        self.frame_count = int(count) if count and np.isfinite(count) and count > 0 else 0
+        w, h = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        self.frame_size = (w, h) if w > 0 and h > 0 else None
+        self.frames_read = 0
+        self.frames_failed = 0
+        self._lock = threading.Lock()  # close() from another thread waits for the current read
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        index = -1
+        pending_failures = 0
+        try:
+            while True:
+                index += 1
+                with self._lock:
+                    if self._cap is None:
+                        break
+                    if index % self.every_n:
+                        ok, frame = self._cap.grab(), None
+                    else:
+                        ok, frame = self._cap.read()
+                        ok = bool(ok) and frame is not None and frame.size > 0
+                if not ok:
+                    if self.frame_count and index >= self.frame_count:
+                        break  # past the announced end of the file
+                    pending_failures += 1
+                    if pending_failures >= self.max_failures:
+                        break  # the end of the stream, not failed frames
+                    continue
+                self.frames_failed += pending_failures
+                pending_failures = 0
+                if frame is None:  # grabbed, skipped by every_n
+                    continue
+                if frame.ndim == 2:
+                    frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+                elif frame.shape[2] == 4:
+                    frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+                self.frames_read += 1
+                if self.frame_size is None:
+                    self.frame_size = (frame.shape[1], frame.shape[0])
+                yield index, frame
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+
+
+class VideoSink:
+    """An MP4 (``mp4v``) writer that opens on the first frame and renames into place on ``close``."""
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25.0, fourcc: str = "mp4v") -> None:
+        self.path = Path(path)
+        self.fps = float(fps) if fps and fps > 0 else 25.0
+        self.fourcc = fourcc
+        self._writer: cv2.VideoWriter | None = None
+        self._tmp: str | None = None
+        self._size: tuple[int, int] | None = None
+        self.frames_written = 0
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        h, w = frame_bgr.shape[:2]
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
+                                             dir=self.path.parent)
+            os.close(fd)
+            self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            if not self._writer.isOpened():
+                self.abort()
+                raise PosterError(f"cannot write video {self.path} (codec {self.fourcc!r} unavailable in OpenCV)")
+            self._size = (w, h)
+        if (w, h) != self._size:
+            frame_bgr = cv2.resize(frame_bgr, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(np.ascontiguousarray(frame_bgr))
+        self.frames_written += 1
+
+    def close(self) -> Path | None:
+        """Finish the file; returns its path, or ``None`` when no frame was written."""
+        if self._writer is None:
+            return None
+        self._writer.release()
+        self._writer = None
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._tmp = None
