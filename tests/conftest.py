@@ -2,6 +2,9 @@ import os
 import sys
 from pathlib import Path
 
+# Idle OpenMP threads must not spin: CI machines have 2 cores and some tests run several processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 

@@ -1,0 +1,251 @@
+"""Inference backends: one calling convention for eager PyTorch, ONNX Runtime and TorchScript.
+
+A backend is a callable ``backend(x) -> logits``: ``x`` is a float32 batch [B,3,S,S] already
+preprocessed as ``backend.meta.input`` says (channel order, mean/std, size S), given as a torch
+tensor (any device) or a numpy array; the result is a float32 CPU torch tensor [B,C].  Every
+backend has ``.meta`` (``ModelMeta``), ``.runtime`` and ``.device``.
+
+``load_backend(path, runtime="onnx")`` returns ``(backend, meta)`` for any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import PosterError
+from .meta import ModelMeta
+
+RUNTIMES = ("auto", "torch", "onnx", "torchscript")
+
+_ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}
+
+
+def _check_batch(x: Any, input_size: int | None, where: str) -> None:
+    shape = tuple(x.shape)
+    if len(shape) != 4 or shape[1] != 3:
+        raise PosterError(f"{where}: expected a batch [B,3,S,S], got shape {list(shape)}")
+    if input_size is not None and (shape[2], shape[3]) != (input_size, input_size):
+        raise PosterError(f"{where}: expected {input_size}x{input_size} inputs, got {shape[2]}x{shape[3]}")
+
+
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _as_tensor(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return x.to(device, torch.float32)
+
+
+class OnnxBackend:
+    """An ONNX file written by ``poster export`` run with onnxruntime.
+
+    Args:
+        path: the ``.onnx`` file; its ``poster.meta`` metadata becomes ``self.meta``.
+        providers: onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
+        threads: intra-op threads (default: onnxruntime's choice, one per physical core).
+        optimization: graph optimisation level ``all`` (default), ``extended``, ``basic``, ``disable``.
+        spinning: let idle onnxruntime worker threads busy-wait for work (onnxruntime's default).
+            Off by default: on a shared or small CPU, and in a process that also runs PyTorch (whose
+            OpenMP threads spin too), spinning threads steal the cores the other threads need.
+    """
+
+    runtime = "onnx"
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[Any] | None = None, threads: int | None = None,
+                 optimization: str = "all", spinning: bool = False):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise PosterError("the ONNX runtime needs onnxruntime: pip install 'poster-fer[onnx]'") from e
+        from .export import meta_from_props
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PosterError(f"ONNX file not found: {self.path}")
+        if optimization not in _ORT_LEVELS:
+            raise PosterError(f"unknown optimization level {optimization!r}; choose one of {', '.join(_ORT_LEVELS)}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[optimization])
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as e:
+            raise PosterError(f"{self.path}: onnxruntime cannot load this file: {e}") from e
+        self.meta: ModelMeta = meta_from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        dims = list(inp.shape)
+        self.fixed_batch = dims[0] if isinstance(dims[0], int) else None  # None: dynamic batch axis
+        self.input_size = dims[2] if len(dims) == 4 and isinstance(dims[2], int) else self.meta.input.input_size
+        self.providers = self.session.get_providers()
+        self.device = torch.device("cuda" if "CUDAExecutionProvider" in self.providers else "cpu")
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        _check_batch(x, self.input_size, str(self.path))
+        batch = _as_numpy(x)
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            if self.fixed_batch != 1:
+                raise PosterError(f"{self.path} was exported for batches of exactly {self.fixed_batch}, "
+                                  f"got {batch.shape[0]}")
+            outs = [self.session.run([self.output_name], {self.input_name: batch[i:i + 1]})[0]
+                    for i in range(batch.shape[0])]
+            return torch.from_numpy(np.concatenate(outs, axis=0))
+        return torch.from_numpy(self.session.run([self.output_name], {self.input_name: batch})[0])
+
+    def __repr__(self) -> str:
+        return f"OnnxBackend({str(self.path)!r}, providers={self.providers})"
+
+
+class TorchBackend:
+    """An eager PyTorch model (``model.meta`` required unless ``meta`` is given), run under inference mode."""
+
+    runtime = "torch"
+
+    def __init__(self, model: nn.Module, meta: ModelMeta | None = None):
+        from .export import model_meta
+
+        self.model = model.eval()
+        self.meta: ModelMeta = model_meta(model, meta)
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        _check_batch(x, self.meta.input.input_size, self.meta.arch)
+        with torch.inference_mode():
+            return self.model(_as_tensor(x, self.device)).float().cpu()
+
+    def __repr__(self) -> str:
+        return f"TorchBackend({self.meta.arch}, device={self.device})"
+
+
+class TorchScriptBackend:
+    """A file written by ``export_torchscript`` (``torch.jit.load``), metadata from its extra files."""
+
+    runtime = "torchscript"
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu"):
+        from .export import TORCHSCRIPT_META_FILE
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PosterError(f"TorchScript file not found: {self.path}")
+        self.device = torch.device(device)
+        extra = {TORCHSCRIPT_META_FILE: ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit is deprecated
+                self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra).eval()
+        except Exception as e:
+            raise PosterError(f"{self.path}: not a loadable TorchScript file: {e}") from e
+        if not extra[TORCHSCRIPT_META_FILE]:
+            raise PosterError(f"{self.path}: no {TORCHSCRIPT_META_FILE}: not written by poster export")
+        try:
+            self.meta: ModelMeta = ModelMeta.from_dict(json.loads(extra[TORCHSCRIPT_META_FILE]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise PosterError(f"{self.path}: malformed {TORCHSCRIPT_META_FILE}: {e}") from e
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        _check_batch(x, self.meta.input.input_size, str(self.path))
+        with torch.inference_mode():
+            return self.module(_as_tensor(x, self.device)).float().cpu()
+
+    def __repr__(self) -> str:
+        return f"TorchScriptBackend({str(self.path)!r}, device={self.device})"
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """TorchScript archives are zips with ``<name>/code/`` and ``constants.pkl``; torch.save ones are not."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
+def detect_runtime(path: str | os.PathLike) -> str:
+    """``onnx`` for ``*.onnx``, ``torchscript`` for a TorchScript archive, else ``torch`` (a checkpoint)."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return "onnx"
+    if _is_torchscript_archive(p):
+        return "torchscript"
+    return "torch"
+
+
+def onnx_providers(device: str | torch.device) -> list[str]:
+    """onnxruntime providers for ``device``: ``cpu``, ``cuda``/``cuda:N`` (an error if unavailable), ``auto``."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    dev = str(device)
+    if dev == "auto":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available \
+            else ["CPUExecutionProvider"]
+    if dev.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise PosterError(f"device {dev}: this onnxruntime has no CUDA provider (available: {available}); "
+                              "install onnxruntime-gpu or use --device cpu")
+        index = int(dev.split(":")[1]) if ":" in dev else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    if dev == "cpu":
+        return ["CPUExecutionProvider"]
+    raise PosterError(f"device {dev!r} is not supported by the ONNX runtime (use cpu, cuda, cuda:N or auto)")
+
+
+def load_backend(path_or_checkpoint: str | os.PathLike | nn.Module, runtime: str = "auto",
+                 device: str | torch.device = "cpu", threads: int | None = None,
+                 **load_options: Any) -> tuple[Any, ModelMeta]:
+    """``(backend, meta)`` for a checkpoint / release name (``torch``), an ``.onnx`` file (``onnx``), a
+    TorchScript file (``torchscript``) or an ``nn.Module`` with ``.meta``.
+
+    ``runtime="auto"`` picks by the file (see ``detect_runtime``).  ``threads`` applies to onnxruntime
+    only (PyTorch's thread count is process-wide: ``torch.set_num_threads``).  ``load_options``
+    (``dataset``, ``channel_order``) go to ``poster.load_model`` for checkpoints.
+    """
+    if runtime not in RUNTIMES:
+        raise PosterError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if isinstance(path_or_checkpoint, nn.Module):
+        if runtime not in ("auto", "torch"):
+            raise PosterError(f"a model object runs with the torch runtime, not {runtime}")
+        backend = TorchBackend(path_or_checkpoint.to(device if str(device) != "auto" else "cpu"))
+        return backend, backend.meta
+    if runtime == "auto":
+        runtime = detect_runtime(path_or_checkpoint)
+    if runtime != "torch" and load_options:
+        raise PosterError(f"{sorted(load_options)} only apply to checkpoints (runtime torch): the {runtime} "
+                          "file carries its own metadata")
+    if runtime == "onnx":
+        backend = OnnxBackend(path_or_checkpoint, providers=onnx_providers(device), threads=threads)
+    elif runtime == "torchscript":
+        backend = TorchScriptBackend(path_or_checkpoint, device=_torch_device(device))
+    else:
+        from .checkpoint.loading import load_model
+
+        backend = TorchBackend(load_model(path_or_checkpoint, device=_torch_device(device), **load_options))
+    return backend, backend.meta
+
+
+def _torch_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
