@@ -157,21 +157,42 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(stripes, tmp_path, monkey
     assert ckpt["training"]["epoch"] == 1
 
 
-def test_learns_real_faces_on_cpu(fer2013_dir, tmp_path):
-    """A compact POSTER on 700 FER2013 training faces beats the majority-class rate on held-out faces.
+def _fer_subset(fer2013_dir: Path, root: Path, classes=("happy", "neutral", "surprise"),
+                train_per_class: int = 200, test_per_class: int = 60) -> Path:
+    """A class-balanced FER2013 subset in the folder layout (symbolic links, nothing copied)."""
+    import random
 
-    Majority-class rate of the validation subset: 'happy', about 25 %.  Measured here: ~40 %
-    after 3 epochs (numbers vary slightly with the thread count).
+    rng = random.Random(0)
+    for split, dst, n in (("train", "train", train_per_class), ("val", "test", test_per_class)):
+        for cls in classes:
+            files = sorted((fer2013_dir / split / cls).iterdir())
+            rng.shuffle(files)
+            (root / dst / cls).mkdir(parents=True)
+            for f in files[:n]:
+                (root / dst / cls / f.name).symlink_to(f)
+    return root
+
+
+def test_learns_real_faces_on_cpu(fer2013_dir, tmp_path):
+    """The compact POSTER learns real faces on a CPU within a few minutes.
+
+    Three balanced FER2013 classes (happy, neutral, surprise; 200 training faces each, 20 % of them
+    held out for validation, 60 each from PublicTest as the test set): the majority-class rate is
+    1/3.  Three epochs of plain Adam (SAM is tested on its own in test_sam.py; here it would only
+    double the time), the real landmark weights from ../shared.  Measured with the same settings on
+    the 2-core development machine: validation 45.0 / 47.5 / 46.7 % after epochs 1-3, test 48.3 %
+    at the selected epoch (docs/results.md).  Required: at least 41 % (majority + 8 points) on
+    validation and on test, a falling training loss and a rising training accuracy.
     """
+    data = _fer_subset(fer2013_dir, tmp_path / "fer3")
     landmark = fer2013_dir.parents[1] / "weights" / "mobilefacenet_landmark68_from_openvino.pth.tar"
-    recipe = get_recipe("fer2013_small", ["epochs=3", "lr=1e-3", "sam_rho=0", "batch_size=32"])
-    options = TrainOptions(dataset="fer2013", data=str(fer2013_dir), output_dir=str(tmp_path / "run"),
-                           test_split=None, limit_train=700, limit_val=210, landmark=str(landmark),
-                           workers=0, progress=False)
+    recipe = get_recipe("fer2013_small", ["epochs=3", "lr=5e-4", "batch_size=8", "sam_rho=0", "erasing_p=0"])
+    options = TrainOptions(dataset="folder", data=str(data), output_dir=str(tmp_path / "run"), val_fraction=0.2,
+                           landmark=str(landmark), workers=0, progress=False)
     result = Trainer(recipe, options).fit()
     history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    val_counts = result["val_report"]["support"]
-    majority = max(val_counts) / sum(val_counts)
+    majority = 1 / 3
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["train_acc"] > history[0]["train_acc"]
-    assert result["val_acc"] >= majority + 0.08, (result["val_acc"], majority)
+    assert result["selected_val_acc"] >= majority + 0.08, result
+    assert result["test_acc"] >= majority + 0.08, result

@@ -130,6 +130,11 @@ class SAM(torch.optim.Optimizer):
         for bucket, olds in getattr(self, "_saved", []):
             torch._foreach_copy_(bucket, olds)
         self._saved = []
+        self.base_step(zero_grad)
+
+    @torch.no_grad()
+    def base_step(self, zero_grad: bool = False) -> None:
+        """A plain base-optimizer step with the current gradients (no perturbation: rho = 0)."""
         self.base_optimizer.step()
         # Tell an LR scheduler that the optimizer did step (first/second_step used
         # directly instead of step() would otherwise trigger torch's order warning).

@@ -121,8 +121,7 @@ def sam_train_step(model: nn.Module, optimizer: SAM, loss_fn: nn.Module, x: torc
     loss, logits = forward_loss()
     loss.backward()
     if optimizer.param_groups[0].get("rho", 0.0) == 0:
-        optimizer.base_optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.base_step(zero_grad=True)
         return loss.detach(), logits.detach()
     optimizer.first_step(zero_grad=True)
     loss2, _ = forward_loss()
