@@ -418,3 +418,36 @@ def test_cli_detector_none_matches_the_model_on_fer2013(checkpoint, fer2013_dir,
 def test_cli_without_checkpoint_says_no_bundled_model(tmp_path, capsys):
     code = main(["predict", str(tmp_path)])
     assert code == 1 and "no bundled model" in capsys.readouterr().err
+
+
+def test_torchrun_shards_a_folder_and_merges_the_results(tmp_path):
+    """Two processes split the inputs, each writes its part, rank 0 merges them into one file."""
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    import poster
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        cv2.imwrite(str(folder / f"face{i}.png"), rng.integers(0, 255, (48, 48), dtype=np.uint8))
+    model = poster.create_model("poster_v1_tiny", num_classes=7)
+    meta = poster.ModelMeta(arch="poster_v1_tiny", num_classes=7, class_names=[f"c{i}" for i in range(7)],
+                            arch_options={"token_mixing": False})
+    ckpt = poster.save_checkpoint(tmp_path / "tiny.pth", model, meta)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29523", "-m", "poster", "predict", str(folder), "-c", str(ckpt),
+                           "--detector", "none", "--device", "cpu", "--no-annotate", "-q", "-o", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["source"]).name for r in records) == [f"face{i}.png" for i in range(5)]
+    assert sorted(p.name for p in out.iterdir()) == ["results.jsonl"]  # the rank parts are merged away

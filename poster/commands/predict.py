@@ -316,6 +316,54 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
     print(f"{video.source}: {frames} frames, {faces} faces{failed}" + (f" -> {written}" if written else ""))
 
 
+@dataclass
+class _Shard:
+    """This process's share of a ``torchrun`` launch: every ``world_size``-th input, starting at ``rank``.
+
+    Each rank writes ``results.rank<r>.<fmt>``; when all are done, rank 0 merges them into
+    ``results.<fmt>`` (rank order, one CSV header) and removes the parts.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "auto"
+
+    @classmethod
+    def from_environment(cls, device: str) -> "_Shard":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(device=device)
+        import torch
+
+        from ..train.distributed import init_distributed
+
+        use_cuda = device == "auto" and torch.cuda.is_available() or str(device).startswith("cuda")
+        info = init_distributed("cuda" if use_cuda else "cpu")
+        return cls(info.rank, info.world_size, f"cuda:{info.local_rank}" if use_cuda else device)
+
+    def take(self, items: Iterator[_Input]) -> Iterator[_Input]:
+        return (item for i, item in enumerate(items) if i % self.world_size == self.rank)
+
+    def merge(self, part: Path, final: Path, fmt: str) -> Path:
+        if self.world_size == 1:
+            return part
+        import torch.distributed as dist
+
+        dist.barrier()
+        if self.rank == 0:
+            parts = [final.with_name(f"results.rank{r}.{fmt}") for r in range(self.world_size)]
+            lines: list[str] = []
+            for i, path in enumerate(parts):
+                text = path.read_text(encoding="utf-8").splitlines(keepends=True)
+                lines.extend(text[1:] if fmt == "csv" and i > 0 else text)
+            atomic_write_bytes(final, "".join(lines).encode("utf-8"))
+            for path in parts:
+                path.unlink()
+        dist.barrier()
+        dist.destroy_process_group()
+        return final
+
+
 def run(args: argparse.Namespace) -> int:
     from ..predict import Recognizer, default_checkpoint
 
@@ -331,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
         raise PosterError("--top-k must be >= 0")
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
     options = {"score_threshold": args.score_threshold} if args.detector == "yunet" else {}
-    rec = Recognizer(checkpoint, device=args.device, detector=args.detector, batch_size=args.batch_size,
+    shard = _Shard.from_environment(args.device)
+    rec = Recognizer(checkpoint, device=shard.device, detector=args.detector, batch_size=args.batch_size,
                      min_face=args.min_face, detector_options=options,
                      crop_size=args.crop_size if args.crop_size > 0 else None, grayscale=args.grayscale)
     log.info("model %s (%s input, classes %s) on %s; detector %s", rec.meta.arch, rec.channel_order,
@@ -339,13 +388,14 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output_dir)
     annotated_dir = out_dir / "annotated"
-    writer = _ResultsWriter(out_dir / f"results.{args.format}", args.format, rec.class_names, args.top_k)
+    results_name = f"results.{args.format}" if shard.world_size == 1 else f"results.rank{shard.rank}.{args.format}"
+    writer = _ResultsWriter(out_dir / results_name, args.format, rec.class_names, args.top_k)
     summary = _Summary()
     used: set[Path] = set()
     interrupted = False
     try:
         kinds = (lambda it: "video" if it.kind == "video" else "image" if it.kind == "image" else "other")
-        for kind, group in itertools.groupby(expand_inputs(args.inputs), key=kinds):
+        for kind, group in itertools.groupby(shard.take(expand_inputs(args.inputs)), key=kinds):
             if kind == "image":
                 _run_images(rec, group, args, writer, summary, annotated_dir, used)
             elif kind == "video":
@@ -363,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        results_path = writer.close()
+        results_path = shard.merge(writer.close(), out_dir / f"results.{args.format}", args.format)
 
     parts = [f"{summary.images} images ({summary.images_without_face} without a face)"]
     if summary.videos or summary.frames:
