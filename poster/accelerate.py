@@ -1,0 +1,282 @@
+"""Inference fast paths that keep the results of the plain fp32 model (issue 4).
+
+* :func:`fold_batchnorm` folds every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d``
+  into that convolution (a copy; the original model is untouched).
+* :func:`prepare_inference` builds a :class:`FastInference` callable: BN folding, channels-last
+  convolutions, bf16 autocast, optional ``torch.compile`` (compile time measured), and the input
+  reduced to the 112x112 pixels the model really reads (SPEC 1.1) before it is moved to the device.
+* :class:`CudaGraphRunner` replays a captured CUDA graph for one fixed batch shape (CUDA only).
+
+Exactness (tests/test_accelerate.py): folding and channels-last stay within the golden tolerance
+``1e-4 * max(1, max|ref|)`` of the plain fp32 model; bf16 autocast is a different precision and is
+checked against a looser, stated tolerance (5e-2 of max|ref| and the same arg-max wherever the top
+two logits are further apart than that).
+
+Which batch norms are folded
+----------------------------
+``Conv2d -> BatchNorm2d`` (the second conv of every IR unit, the IR shortcut conv, the IR stem, and
+every MobileFaceNet ``ConvBlock``/``LinearBlock``): exact up to float rounding, because the BN is an
+affine map of the conv's output.  The IR unit's ``res_layer`` also *starts* with a BatchNorm that
+feeds a zero-padded 3x3 conv (``BN -> Conv``).  That one is NOT folded: the conv pads the BN's output
+with zeros, and a folded conv would instead pad the raw input, i.e. see ``BN(0) = beta - mean*scale``
+instead of 0 along the border.  Making it exact would need a per-channel pad value, which costs as
+much as the BN itself, so it stays a BatchNorm (``torch.compile`` fuses it into neighbouring ops).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "conv_bn_pairs",
+    "fold_batchnorm",
+    "FastInference",
+    "prepare_inference",
+    "CudaGraphRunner",
+    "cuda_graphs_available",
+    "INFERENCE_DTYPES",
+]
+
+INFERENCE_DTYPES = ("fp32", "bf16")
+
+
+# --------------------------------------------------------------------------- BN folding
+def _attr_pair_types() -> tuple[type, ...]:
+    """Modules whose ``forward`` applies ``self.bn(self.conv(x))`` (MobileFaceNet blocks)."""
+    from .models.mobilefacenet import ConvBlock, LinearBlock
+
+    return (ConvBlock, LinearBlock)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+            and bn.running_mean is not None and bn.running_var is not None
+            and bn.num_features == conv.out_channels)
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Names ``(conv, bn)`` of every ``BatchNorm2d`` that directly follows a ``Conv2d``.
+
+    "Directly follows" means: consecutive entries of an ``nn.Sequential``, or the ``conv``/``bn``
+    pair of a MobileFaceNet ``ConvBlock``/``LinearBlock`` (whose forward is ``bn(conv(x))``).
+    A BN that comes *before* a conv (the IR unit's ``res_layer.0``) is not listed.
+    """
+    pairs: list[tuple[str, str]] = []
+    attr_types = _attr_pair_types()
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (cname, conv), (bname, bn) in zip(children, children[1:]):
+                if _foldable(conv, bn):
+                    pairs.append((prefix + cname, prefix + bname))
+        elif isinstance(module, attr_types):
+            conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+            if conv is not None and bn is not None and _foldable(conv, bn):
+                pairs.append((prefix + "conv", prefix + "bn"))
+    return pairs
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """``conv`` becomes ``bn(conv(.))`` with BN's running statistics (computed in float64)."""
+    w = conv.weight.detach().double()
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(var)
+    dtype = conv.weight.dtype
+    conv.weight = nn.Parameter((w * scale.view(-1, 1, 1, 1)).to(dtype), requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype), requires_grad=conv.weight.requires_grad)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every Conv2d -> BatchNorm2d pair folded into the conv.
+
+    The folded BN is replaced by ``nn.Identity`` (so the copy's ``state_dict`` keys differ from the
+    original's: this is an inference-only model).  BatchNorms are folded with their *running*
+    statistics, i.e. the model's eval-mode function is kept; the original module is not modified.
+    """
+    folded = copy.deepcopy(model).eval()
+    modules = dict(folded.named_modules())
+    for conv_name, bn_name in conv_bn_pairs(folded):
+        conv, bn = modules[conv_name], modules[bn_name]
+        _fold_into(conv, bn)
+        parent_name, _, leaf = bn_name.rpartition(".")
+        parent = modules[parent_name] if parent_name else folded
+        if isinstance(parent, nn.Sequential):
+            parent[int(leaf)] = nn.Identity()  # keeps the indices of the other entries
+        else:
+            setattr(parent, leaf, nn.Identity())
+    return folded
+
+
+# --------------------------------------------------------------------------- inference wrapper
+def _is_poster(model: nn.Module) -> bool:
+    from .models import PosterV1, PosterV2
+
+    return isinstance(model, (PosterV1, PosterV2))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class FastInference(nn.Module):
+    """``fast(x) -> float32 logits``: an inference-only wrapper built by :func:`prepare_inference`.
+
+    ``x`` is a normalised batch [B,3,S,S] on any device.  For a POSTER model given the usual 224
+    input, only ``x[:, :, ::2, ::2]`` is kept *before* the copy to the device: the model reads
+    exactly those pixels (SPEC 1.1, ``resize_to_112``), so this changes nothing but the transfer
+    size.  A 112 input is used as it is.
+
+    Attributes: ``model`` (the prepared copy), ``device``, ``dtype`` ("fp32"/"bf16"),
+    ``channels_last``, ``compiled``, ``compile_seconds`` (time of the first call at each warm-up
+    shape when compiling, else 0), ``folded_pairs`` (number of folded Conv/BN pairs).
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: str, channels_last: bool,
+                 runner: Callable[[torch.Tensor], torch.Tensor], subsample: bool, folded_pairs: int,
+                 compiled: bool):
+        super().__init__()
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.subsample = subsample
+        self.folded_pairs = folded_pairs
+        self.compiled = compiled
+        self.compile_seconds = 0.0
+        self._runner = runner
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The device tensor handed to the model (subsampled, float32, memory format set)."""
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x)
+        if self.subsample and x.dim() == 4 and x.shape[-2:] == (224, 224):
+            x = x[:, :, ::2, ::2]
+        x = x.to(self.device, torch.float32, non_blocking=True)
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
+
+    def run_prepared(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on an input already made by :meth:`prepare_input` (what CUDA graphs capture)."""
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.dtype == "bf16", cache_enabled=False):
+            return self._runner(x).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.run_prepared(self.prepare_input(x))
+
+    def warmup(self, batch_sizes: Iterable[int] = (1,), input_size: int = 224) -> float:
+        """Run once per batch size (compiles when compiled); returns the seconds taken in all."""
+        total = 0.0
+        for b in batch_sizes:
+            x = torch.zeros(int(b), 3, input_size, input_size)
+            start = time.perf_counter()
+            self(x)
+            _sync(self.device)
+            total += time.perf_counter() - start
+        if self.compiled:
+            self.compile_seconds += total
+        return total
+
+    def extra_repr(self) -> str:
+        return (f"device={self.device}, dtype={self.dtype}, channels_last={self.channels_last}, "
+                f"compiled={self.compiled}, folded_pairs={self.folded_pairs}")
+
+
+def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtype: str = "fp32",
+                      channels_last: bool = True, compile: bool = False, fold_bn: bool = True, *,
+                      compile_mode: str | None = None, warmup_batch_sizes: Sequence[int] = (1,),
+                      input_size: int = 224) -> FastInference:
+    """An inference callable for ``model`` (which is left untouched).
+
+    Args:
+        device: where to run.
+        dtype: ``"fp32"`` (results within the golden tolerance of the plain model) or ``"bf16"``
+            (autocast; matmuls/convs in bfloat16, reductions such as LayerNorm/softmax in fp32).
+        channels_last: convert conv weights and inputs to NHWC.  Legal for POSTER: the V1 token
+            ``reshape`` of the stage-3 map is defined on the logical NCHW order whatever the memory
+            layout, so it reads the same values (checked by tests/test_accelerate.py).
+        compile: ``torch.compile`` the model (opt-in).  The first call at each of
+            ``warmup_batch_sizes`` is made here and its time stored in ``compile_seconds``.
+        fold_bn: fold Conv2d -> BatchNorm2d pairs (:func:`fold_batchnorm`).
+        compile_mode: passed to ``torch.compile`` (e.g. ``"max-autotune"``).
+    """
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+    device = torch.device(device)
+    prepared = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    folded = len(conv_bn_pairs(model)) if fold_bn else 0
+    prepared.requires_grad_(False)
+    prepared = prepared.to(device)
+    if channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    runner: Callable[[torch.Tensor], torch.Tensor] = prepared
+    if compile:
+        kwargs: dict[str, Any] = {"dynamic": False}
+        if compile_mode:
+            kwargs["mode"] = compile_mode
+        runner = torch.compile(prepared, **kwargs)
+    fast = FastInference(prepared, device, dtype, channels_last, runner, _is_poster(model), folded, compile)
+    if compile:
+        fast.warmup(warmup_batch_sizes, input_size)
+    return fast
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+def cuda_graphs_available(device: str | torch.device | None = None) -> bool:
+    """True when CUDA graphs can be captured on ``device`` (a CUDA device on a CUDA machine)."""
+    if not torch.cuda.is_available():
+        return False
+    return device is None or torch.device(device).type == "cuda"
+
+
+class CudaGraphRunner:
+    """Replays one captured CUDA graph of ``fn`` for inputs shaped exactly like ``example``.
+
+    ``fn`` must be a pure function of its tensor argument that launches only CUDA work (e.g.
+    ``FastInference.run_prepared``).  Calling the runner copies the input into the captured
+    static buffer, replays the graph and returns a *clone* of the static output, so results stay
+    valid after the next call.  Other shapes fall back to calling ``fn`` directly.
+
+    Raises ``RuntimeError`` on a machine or device without CUDA.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3):
+        if not cuda_graphs_available(example.device) or example.device.type != "cuda":
+            raise RuntimeError("CudaGraphRunner needs a CUDA device and a CUDA example input")
+        self.fn = fn
+        self.static_input = example.detach().clone()
+        side = torch.cuda.Stream(device=example.device)
+        side.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(side):  # warm-up (cuDNN/cuBLAS workspaces) off the capture
+            for _ in range(max(1, warmup)):
+                fn(self.static_input)
+        torch.cuda.current_stream(example.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_output = fn(self.static_input)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.static_input.shape or x.dtype != self.static_input.dtype:
+            return self.fn(x)
+        self.static_input.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.static_output.clone()
+
+    @classmethod
+    def for_inference(cls, fast: FastInference, batch_size: int = 1, input_size: int = 224) -> "CudaGraphRunner":
+        """A runner over ``fast.run_prepared`` for batches of ``batch_size`` (inputs made by
+        ``fast.prepare_input``)."""
+        example = fast.prepare_input(torch.zeros(batch_size, 3, input_size, input_size))
+        return cls(fast.run_prepared, example)
