@@ -28,14 +28,25 @@ class InputConfig:
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or self.input_size <= 0:
+            raise ValueError(f"input_size must be a positive int, got {self.input_size!r}")
+        if not isinstance(self.interpolation, str):
+            raise ValueError(f"interpolation must be a string, got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 3:
+                raise ValueError(f"{name} must have 3 values, got {values}")
+            object.__setattr__(self, name, values)
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"input config must be a dict, got {type(d).__name__}")
         known = {k: d[k] for k in ("input_size", "channel_order", "mean", "std", "interpolation") if k in d}
         return cls(**known)
 

@@ -71,7 +71,7 @@ def read_weight_file(path: str | os.PathLike, map_location: Any = "cpu") -> Weig
                                   f"(this version reads <= {FORMAT_VERSION}); upgrade poster-fer")
         try:
             meta = ModelMeta.from_dict(obj["meta"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"{path}: damaged metadata in poster checkpoint: {e}") from None
         info = {k: v for k, v in obj.items() if k not in ("format", "format_version", "meta", "state_dict")}
         return WeightFile(path, "poster", _tensor_dict(obj.get("state_dict"), path, "'state_dict'"), meta, info)

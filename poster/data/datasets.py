@@ -35,6 +35,7 @@ __all__ = [
     "folder_records",
     "ImageListDataset",
     "build_dataset",
+    "check_images",
 ]
 
 DATASET_NAMES = ("rafdb", "affectnet7", "affectnet8", "folder", "fer2013", "ferplus", "caers")
@@ -142,6 +143,13 @@ def _check_exist(items: Sequence[tuple[Path, LabelLine]], source: str) -> None:
         raise DatasetError(f"{source}, line {ln.line_no}: listed image does not exist: {p}{more}")
 
 
+def _fill_origins(origins: dict[str, str] | None, items: Sequence[tuple[Path, LabelLine]],
+                  label_file: Path) -> None:
+    """Record ``{image path: "<label file>, line N"}`` so a later error can name the line."""
+    if origins is not None:
+        origins.update((str(p), f"{label_file}, line {ln.line_no}") for p, ln in items)
+
+
 def _require_dir(path: Path, what: str) -> None:
     if not path.exists():
         raise DatasetError(f"{what} not found: {path}")
@@ -160,13 +168,15 @@ def _canonical_split(split: str, allowed: dict[str, str], dataset: str) -> str:
 # record builders
 # --------------------------------------------------------------------------------------------
 
-def rafdb_records(root: str | os.PathLike, split: str, check_files: bool = True) -> list[Record]:
+def rafdb_records(root: str | os.PathLike, split: str, check_files: bool = True, *,
+                  origins: dict[str, str] | None = None) -> list[Record]:
     """RAF-DB basic, original layout (SPEC 5.3).
 
     ``<root>/EmoLabel/list_patition_label.txt`` lists ``<name>.jpg <1..7>``; the image is
     ``<root>/Image/aligned/<name>_aligned.jpg``.  Split ``train`` = names starting with ``train``,
     ``test`` (also ``val``/``valid``/``validation``) = names starting with ``test``.
-    Labels are ``file label - 1`` (``RAFDB_CLASSES`` order).
+    Labels are ``file label - 1`` (``RAFDB_CLASSES`` order).  ``origins``, when given, is filled
+    with ``{image path: "<label file>, line N"}``.
     """
     root = Path(root)
     _require_dir(root, "RAF-DB root")
@@ -192,18 +202,19 @@ def rafdb_records(root: str | os.PathLike, split: str, check_files: bool = True)
     if check_files:
         _require_dir(image_dir, "RAF-DB image folder")
         _check_exist(items, str(label_file))
+    _fill_origins(origins, items, label_file)
     return [(str(p), ln.label) for p, ln in items]
 
 
 def affectnet_records(root: str | os.PathLike, split: str, num_classes: int = 7,
-                      check_files: bool = True) -> list[Record]:
+                      check_files: bool = True, *, origins: dict[str, str] | None = None) -> list[Record]:
     """AffectNet, V1 layout (SPEC 5.4), 7 or 8 classes.
 
     ``<root>/train_set/train_annotations_{7,8}class.txt`` and
     ``<root>/valid_set/valid_annotations_{7,8}class.txt`` list ``<file> <label>`` with AffectNet's
     own codes (0 Neutral ... 6 Anger, 7 Contempt); images are ``<root>/<set>/images/<file>``.
     Split ``train``, or ``val``/``valid``/``validation``/``test`` for the validation set (which is
-    the test set of the papers).
+    the test set of the papers).  ``origins``: as in ``rafdb_records``.
     """
     if num_classes not in (7, 8):
         raise ValueError(f"AffectNet has 7 or 8 classes, got {num_classes}")
@@ -221,6 +232,7 @@ def affectnet_records(root: str | os.PathLike, split: str, num_classes: int = 7,
     if check_files:
         _require_dir(image_dir, "AffectNet image folder")
         _check_exist(items, str(label_file))
+    _fill_origins(origins, items, label_file)
     return [(str(p), ln.label) for p, ln in items]
 
 
@@ -353,6 +365,8 @@ class ImageListDataset(Dataset):
         self.name = name
         self.root = None if root is None else str(root)
         self.split = split
+        # {image path: "<label file>, line N"} for label-file layouts (filled by build_dataset)
+        self.origins: dict[str, str] = {}
 
     @property
     def num_classes(self) -> int:
@@ -397,15 +411,16 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None,
     ``ImageListDataset``; note the released V1 RAF-DB weights expect BGR.
     """
     key = str(name).lower().replace("-", "").replace("_", "")
+    origins: dict[str, str] = {}
     if key in ("rafdb", "raf"):
-        records = rafdb_records(root, split or "", check_files)
+        records = rafdb_records(root, split or "", check_files, origins=origins)
         default: tuple[str, ...] | None = RAFDB_CLASSES
         key = "rafdb"
     elif key in ("affectnet7", "affectnet"):
-        records = affectnet_records(root, split or "", 7, check_files)
+        records = affectnet_records(root, split or "", 7, check_files, origins=origins)
         default, key = AFFECTNET7_CLASSES, "affectnet7"
     elif key == "affectnet8":
-        records = affectnet_records(root, split or "", 8, check_files)
+        records = affectnet_records(root, split or "", 8, check_files, origins=origins)
         default = AFFECTNET8_CLASSES
     elif key in ("folder", "imagefolder"):
         records, names = folder_records(root, split, class_names)
@@ -429,5 +444,69 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None,
         if len(class_names) != len(default):
             raise DatasetError(f"{key} has {len(default)} classes, {len(class_names)} class names given")
     names_final = class_names if class_names is not None else default
-    return ImageListDataset(records, names_final, transform=transform, channel_order=channel_order,
-                            name=key, root=root, split=split)
+    ds = ImageListDataset(records, names_final, transform=transform, channel_order=channel_order,
+                          name=key, root=root, split=split)
+    ds.origins = origins
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
+# up-front image check
+# --------------------------------------------------------------------------------------------
+
+def check_images(records: Sequence[Record], skip_bad: bool = False, *,
+                 origins: dict[str, str] | None = None, workers: int = 4,
+                 decode: Callable[[str], Any] | None = None) -> tuple[list[Record], list[tuple[str, str]]]:
+    """Decode every image of ``records`` once, before training starts.
+
+    Returns ``(good_records, bad)`` where ``bad`` lists ``(path, reason)`` in record order.
+    Without ``skip_bad`` the first bad image (in record order) raises ``DatasetError`` naming the
+    file and, when ``origins`` maps its path to ``"<label file>, line N"``
+    (``ImageListDataset.origins``), the line that listed it.  With ``skip_bad`` the bad images are
+    left out of ``good_records`` and reported in ``bad``; nothing is dropped silently.
+
+    An image is bad when ``load_image`` refuses it: missing, empty, truncated, not an image.
+    Grey, 16-bit, alpha and CMYK images decode (to 8-bit 3-channel) and are good.  ``decode``
+    replaces ``load_image`` (for tests).  Decoding runs on ``workers`` threads (OpenCV releases the
+    GIL); each decoded array is dropped at once, so memory stays at ``workers`` images.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = [(str(p), int(l)) for p, l in records]
+    origins = origins or {}
+    dec = decode if decode is not None else load_image
+
+    def reason(path: str) -> str | None:
+        try:
+            dec(path)
+        except DatasetError as exc:
+            return str(exc)
+        except MemoryError:
+            return f"image too large to decode in memory: {path}"
+        return None
+
+    if workers > 1 and len(records) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            reasons = pool.map(reason, [p for p, _ in records])
+            results = []
+            for (p, l), why in zip(records, reasons):
+                if why is not None and not skip_bad:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise _bad_image_error(p, why, origins)
+                results.append(why)
+    else:
+        results = []
+        for p, _ in records:
+            why = reason(p)
+            if why is not None and not skip_bad:
+                raise _bad_image_error(p, why, origins)
+            results.append(why)
+    good = [r for r, why in zip(records, results) if why is None]
+    bad = [(r[0], (f"{origins[r[0]]}: {why}" if r[0] in origins else why))
+           for r, why in zip(records, results) if why is not None]
+    return good, bad
+
+
+def _bad_image_error(path: str, why: str, origins: dict[str, str]) -> DatasetError:
+    where = f"{origins[path]}: " if path in origins else ""
+    return DatasetError(f"{where}{why} (use --skip-bad to skip and count bad images instead)")

@@ -52,6 +52,15 @@ def ferplus_records(root: str | os.PathLike, split: str) -> tuple[list[tuple[str
     label_file = folder / "label.csv"
     if not label_file.is_file():
         raise DatasetError(f"FERPlus label file not found: {label_file}")
+    try:
+        return _parse_label_csv(label_file, folder)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{label_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DatasetError(f"{label_file}: malformed CSV: {e}") from None
+
+
+def _parse_label_csv(label_file: Path, folder: Path) -> tuple[list[tuple[str, int]], int]:
     records, dropped = [], 0
     with open(label_file, newline="", encoding="utf-8") as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
