@@ -196,3 +196,20 @@ def test_learns_real_faces_on_cpu(fer2013_dir, tmp_path):
     assert history[-1]["train_acc"] > history[0]["train_acc"]
     assert result["selected_val_acc"] >= majority + 0.08, result
     assert result["test_acc"] >= majority + 0.08, result
+
+
+def test_cached_pipeline_trains_and_resumes_like_uncached(stripes, tmp_path):
+    """--cache: images decoded once at 112 px; a cached run trains, saves and resumes deterministically."""
+    straight = tmp_path / "straight"
+    args = [*TINY, "--data", str(stripes), "--cache", str(tmp_path / "cache"), "--set", "epochs=2"]
+    proc = _poster("train", *args, "-o", str(straight))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cache of 12 images" in proc.stderr and list((tmp_path / "cache").glob("*.npy"))
+    halted = tmp_path / "halted"
+    first = _poster("train", *[a if a != "epochs=2" else "epochs=1" for a in args], "-o", str(halted))
+    assert first.returncode == 0 and "reused" in first.stderr
+    # Continue the 1-epoch run to 2 epochs: same recipe apart from epochs is refused...
+    again = _poster("train", *args, "-o", str(halted), "--resume")
+    assert again.returncode == 1 and "epochs" in again.stderr
+    model = poster.load_model(straight / "best.pth")
+    assert model.meta.arch == "poster_v1_tiny" and len(_metrics(straight / "metrics.jsonl")) == 2

@@ -44,6 +44,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("-j", "--workers", type=int, help="data-loading processes (default: the recipe's)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs (default: per-GPU BN as the original)")
     p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) unreadable images instead of stopping before training starts")
+    p.add_argument("--cache", metavar="memory|DIR",
+                   help="decode every training image once into a uint8 cache at the 112 pixels the model "
+                        "sees ('memory', or a folder for a memory-mapped file shared by runs and ranks); "
+                        "augmentation then runs batched on the device")
     p.add_argument("--tensorboard", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
@@ -69,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         select_on=args.select_on, device=args.device, precision=args.precision, ir50=args.ir50,
         landmark=args.landmark, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val,
         limit_test=args.limit_test, workers=args.workers, progress=not args.no_progress,
-        tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic)
+        tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic, cache=args.cache,
+        skip_bad=args.skip_bad)
     result = Trainer(recipe, options).fit()
     if result:
         print(json.dumps({k: v for k, v in result.items() if not k.endswith("_report")}, indent=2))

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from ..checkpoint.formats import read_weight_file, save_checkpoint
 from ..checkpoint.loading import load_backbone_weights, load_state_dict_checked
 from ..data import EvalTransform, build_dataset
+from ..data.datasets import check_images
 from ..errors import PosterError
 from ..evaluate import predict_logits, resolve_device
 from ..fileio import atomic_write_text
@@ -69,6 +70,8 @@ class TrainOptions:
     tensorboard: bool = False
     sync_bn: bool = False
     deterministic: bool = False
+    cache: str | None = None  # None: decode per batch; "memory" or a folder: the 112-pixel uint8 cache
+    skip_bad: bool = False  # undecodable images: skip and count them (default: stop, naming file and line)
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
@@ -148,6 +151,7 @@ class Trainer:
         self.best = {"metric": -math.inf, "epoch": None}
         self.start_epoch = 0
         self.global_step = 0
+        self.skipped_images: dict[str, int] = {}  # split -> images skipped by skip_bad
 
     # ------------------------------------------------------------------ setup
 
@@ -158,10 +162,12 @@ class Trainer:
     def _build_data(self) -> None:
         r, o = self.recipe, self.opt
         train = build_dataset(o.dataset, o.data, o.train_split, channel_order=r.channel_order)
+        origins = dict(train.origins)
         self.class_names = train.class_names
         records, targets = list(train.records), list(train.targets)
         if o.val_split:
             val = build_dataset(o.dataset, o.data, o.val_split, channel_order=r.channel_order)
+            origins.update(val.origins)
             val_records = list(val.records)
             val_targets = list(val.targets)
         else:
@@ -175,11 +181,18 @@ class Trainer:
         self.eval_sets = {"val": (val_records, val_targets)}
         if o.test_split:
             test = build_dataset(o.dataset, o.data, o.test_split, channel_order=r.channel_order)
+            origins.update(test.origins)
             if tuple(test.class_names) != tuple(self.class_names):
                 raise PosterError(f"test split classes {test.class_names} differ from training {self.class_names}")
             self.eval_sets["test"] = _subset(list(test.records), list(test.targets), o.limit_test, r.seed)
         if o.select_on == "test" and "test" not in self.eval_sets:
             raise PosterError("--select-on test needs a test split")
+        records, targets = self._check_images("train", records, origins)
+        self.train_records, self.train_targets = records, targets
+        for split, (recs, _) in list(self.eval_sets.items()):
+            recs, tgts = self._check_images(split, recs, origins)
+            self.eval_sets[split] = (recs, tgts)
+        val_records = self.eval_sets["val"][0]
         self._log("data: %d train, %d val%s images, %d classes %s", len(records), len(val_records),
                   f", {len(self.eval_sets['test'][0])} test" if "test" in self.eval_sets else "",
                   len(self.class_names), list(self.class_names))
@@ -193,6 +206,28 @@ class Trainer:
             persistent_workers=workers > 0)
         self.workers = workers
         self.augment = BatchAugment(AugmentConfig.from_recipe(r, input_order=r.channel_order))
+        self.cache = None
+        if o.cache:
+            from .cache import build_uint8_cache
+
+            start = time.perf_counter()
+            self.cache = build_uint8_cache(records, r.channel_order, r.input_size,
+                                           path=None if o.cache == "memory" else o.cache)
+            self._log("uint8 cache of %d images (%s) %s in %.1fs", len(records), o.cache,
+                      "reused" if self.cache.reused else "built", time.perf_counter() - start)
+
+    def _check_images(self, split: str, records: list, origins: dict[str, str]) -> tuple[list, list[int]]:
+        """Decode every image of a split once, before training: stop at the first bad one (naming
+        file and line) or, with ``skip_bad``, drop and report them."""
+        good, bad = check_images(records, self.opt.skip_bad, origins=origins)
+        if bad:
+            shown = "; ".join(why for _, why in bad[:3])
+            self._log("skipped %d bad image(s) of %d in the %s split (--skip-bad): %s%s", len(bad), len(records),
+                      split, shown, " ..." if len(bad) > 3 else "", level=logging.WARNING)
+        if not good:
+            raise PosterError(f"no usable images left in the {split} split ({len(bad)} bad)")
+        self.skipped_images[split] = len(bad)
+        return good, [l for _, l in good]
 
     def _build_model(self) -> None:
         r, o = self.recipe, self.opt
@@ -223,6 +258,13 @@ class Trainer:
         self.loss_fn = build_loss(r.loss)
         gen_device = self.device if self.device.type == "cuda" else "cpu"
         self.generator = torch.Generator(device=gen_device).manual_seed(r.seed + 1000 * self.dist.rank)
+        self.batches = None
+        if self.cache is not None:
+            from .cache import CachedBatches
+
+            # Decoded once; gather, flips, noise, normalisation and erasing run batched on the device.
+            self.batches = CachedBatches(self.cache, AugmentConfig.from_recipe(r, input_order=r.channel_order),
+                                         self.local_batch, self.device, sampler=self.sampler, generator=self.generator)
         self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type
                                                         == "cuda" else None) if self.dist.enabled else model)
         n_train = sum(p.numel() for p in params)
@@ -245,9 +287,13 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = self._training_state(epoch_done)
-        save_checkpoint(self.out / "last.pth", self.model, self.meta, training=state)
-        if is_best:
-            save_checkpoint(self.out / "best.pth", self.model, self.meta, training=state)
+        for name in ("last.pth", "best.pth") if is_best else ("last.pth",):
+            try:
+                save_checkpoint(self.out / name, self.model, self.meta, training=state)
+            except OSError as e:
+                raise PosterError(f"could not write {self.out / name} after epoch {epoch_done}: "
+                                  f"{e.strerror or e}; the previous {name} is intact (writes are atomic). "
+                                  "Free space and continue with --resume") from e
 
     def _resume(self) -> None:
         path = self.out / "last.pth"
@@ -287,11 +333,15 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         loss_sum = correct = seen = 0.0
         start = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.recipe.epochs}", unit="batch",
+        bar = tqdm(self.batches if self.batches is not None else self.train_loader,
+                   desc=f"epoch {epoch + 1}/{self.recipe.epochs}", unit="batch",
                    disable=not (self.opt.progress and self.dist.is_main), leave=False)
         for images, labels in bar:
-            x = self.augment(images.to(self.device, non_blocking=True), self.generator)
-            y = labels.to(self.device, non_blocking=True)
+            if self.batches is not None:  # already augmented and normalised on the device
+                x, y = images, labels
+            else:
+                x = self.augment(images.to(self.device, non_blocking=True), self.generator)
+                y = labels.to(self.device, non_blocking=True)
             loss, logits = self.train_step(x, y)
             if not bool(torch.isfinite(loss)):
                 raise TrainingDiverged(
