@@ -6,8 +6,8 @@ Documented errors:
 * ``ModelMeta.from_dict`` on a damaged dict: ``KeyError`` / ``TypeError`` / ``ValueError``, which
   ``read_weight_file`` turns into ``CheckpointError`` naming the file.
 
-Tests marked ``xfail(strict=True)`` are known gaps found by these fuzzers (see docs/reliability.md);
-when the code is fixed they XPASS, fail, and the marker should be removed.
+``test_ferplus_undecodable_csv_is_dataset_error`` and ``test_infinite_num_classes_is_checkpoint_error``
+pin bugs these fuzzers found (and that were then fixed).
 
 tests/test_datasets.py already fuzzes ``parse_label_text`` on arbitrary text and round-trips simple
 ASCII names; the tests here add names with spaces / non-ASCII, label offsets, arbitrary bytes.
