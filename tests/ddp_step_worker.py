@@ -35,6 +35,7 @@ def main(out: str) -> None:
         sam_train_step(model, opt, loss_fn, x[rank::world], y[rank::world])
     if rank == 0:
         torch.save(model.module.state_dict(), out)
+    dist.barrier()  # nobody tears Gloo down while another rank still uses it
     dist.destroy_process_group()
 
 

@@ -380,7 +380,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         try:
-            return self._fit()
+            result = self._fit()
+            barrier(self.dist)  # rank 0 evaluates the test split last; others wait before teardown
+            return result
         finally:
             cleanup(self.dist)
 
