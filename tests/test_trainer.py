@@ -213,3 +213,21 @@ def test_cached_pipeline_trains_and_resumes_like_uncached(stripes, tmp_path):
     assert again.returncode == 1 and "epochs" in again.stderr
     model = poster.load_model(straight / "best.pth")
     assert model.meta.arch == "poster_v1_tiny" and len(_metrics(straight / "metrics.jsonl")) == 2
+
+
+def test_select_on_test_reports_both_numbers(stripes, tmp_path):
+    """--select-on test (the papers' protocol) picks by test accuracy and also reports the honest number."""
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=2", "val_batch_size=8"])
+    options = TrainOptions(dataset="folder", data=str(stripes), output_dir=str(tmp_path / "run"),
+                           val_fraction=0.25, workers=0, progress=False, select_on="test")
+    result = Trainer(recipe, options).fit()
+    history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["test_acc"] is not None and h["val_acc"] is not None for h in history)
+    best_test = max(h["test_acc"] for h in history)
+    assert result["test_acc_selected_on_test"] == pytest.approx(best_test)
+    by_val = max(history, key=lambda h: (h["val_acc"], -h["epoch"]))
+    assert result["test_acc_selected_on_val"] == pytest.approx(by_val["test_acc"])
+    assert "TEST accuracy" in result["note"]
+    with pytest.raises(poster.PosterError, match="needs a test split"):
+        Trainer(recipe, TrainOptions(dataset="folder", data=str(stripes), output_dir=str(tmp_path / "r2"),
+                                     test_split=None, select_on="test", workers=0, progress=False)).fit()
