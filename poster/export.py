@@ -190,6 +190,15 @@ def _require_onnx():
     return onnx
 
 
+
+def _export_meta(model: nn.Module, meta: ModelMeta | None, input_size: int | None) -> tuple[ModelMeta, int]:
+    """The metadata to store with an export, its input size set to the size actually exported."""
+    meta = model_meta(model, meta)
+    size = int(input_size if input_size is not None else meta.input.input_size)
+    if size != meta.input.input_size:
+        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "input_size": size}})
+    return meta, size
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = True,
                 input_size: int | None = None, *, meta: ModelMeta | None = None, exporter: str = "auto") -> Path:
     """Export ``model`` to a self-describing ONNX file at ``path`` (written atomically).
@@ -215,10 +224,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise PosterError(f"opset {opset} is not supported here; use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     _check_fp32(model)
-    meta = model_meta(model, meta)
-    size = int(input_size if input_size is not None else meta.input.input_size)
-    if size != meta.input.input_size:
-        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "input_size": size}})
+    meta, size = _export_meta(model, meta, input_size)
     path = Path(path)
 
     with _EvalMode(model), torch.no_grad():
@@ -298,10 +304,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
     this package (``torch.jit.load``).  ``poster.runtime.TorchScriptBackend`` reads the metadata back.
     """
     _check_fp32(model)
-    meta = model_meta(model, meta)
-    size = int(input_size if input_size is not None else meta.input.input_size)
-    if size != meta.input.input_size:
-        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "input_size": size}})
+    meta, size = _export_meta(model, meta, input_size)
     path = Path(path)
     with _EvalMode(model), torch.no_grad():
         try:
