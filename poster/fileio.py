@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+# mkstemp(prefix=".<name>.", suffix=".tmp"): a dot, the target's name, 8 random characters.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -40,3 +45,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes (kill -9, power loss) left in
+    ``folder``; returns them.  Only names of the form ``.<target>.<8 chars>.tmp`` are touched, and
+    only files: the finished targets themselves are never at risk.  Call it when no other process
+    is writing to the folder (e.g. at the start of a resumed run)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if _TEMPORARY.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(entry)
+    return removed

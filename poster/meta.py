@@ -24,12 +24,17 @@ class InputConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"  # PIL resize filter of the reference transform
+    # Trained on grey faces (FER2013): colour inputs are turned grey (3 equal channels) first, so a
+    # colour photo looks like the training data.  A no-op for images that are grey already.
+    grayscale: bool = False
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or self.input_size <= 0:
             raise ValueError(f"input_size must be a positive int, got {self.input_size!r}")
+        if not isinstance(self.grayscale, bool):
+            raise ValueError(f"grayscale must be a bool, got {self.grayscale!r}")
         if not isinstance(self.interpolation, str):
             raise ValueError(f"interpolation must be a string, got {self.interpolation!r}")
         for name in ("mean", "std"):
@@ -47,7 +52,7 @@ class InputConfig:
     def from_dict(cls, d: dict[str, Any]) -> "InputConfig":
         if not isinstance(d, dict):
             raise TypeError(f"input config must be a dict, got {type(d).__name__}")
-        known = {k: d[k] for k in ("input_size", "channel_order", "mean", "std", "interpolation") if k in d}
+        known = {k: d[k] for k in ("input_size", "channel_order", "mean", "std", "interpolation", "grayscale") if k in d}
         return cls(**known)
 
 

@@ -28,6 +28,7 @@ previous batch (``prefetch``), and faces from several images or frames share a b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -56,9 +57,11 @@ Backend = Callable[[torch.Tensor], Any]
 
 
 def default_checkpoint() -> str:
-    """Path of the model bundled with the package (used when no checkpoint is given)."""
-    raise PosterError("no bundled model is installed in this version of poster: pass a checkpoint "
-                      "(e.g. --checkpoint rafdb_best.pth, or Recognizer('rafdb_best.pth'))")
+    """Path of the model bundled with the package (used when no checkpoint is given): the compact
+    FER2013-trained ``poster_v1_tiny.fer2013`` (docs/results.md), not an official POSTER release."""
+    from .pretrained import bundled_model_path
+
+    return str(bundled_model_path())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +246,7 @@ class Recognizer:
     side of the aligned crop before the evaluation transform resizes it (100 = RAF-DB's aligned
     faces; ``None``: the model's input size).  ``template``: another 5x2 alignment template.
     ``grayscale``: turn each crop grey (3 equal channels) before the transform, for models trained on
-    grey faces such as FER2013's.
+    grey faces such as FER2013's; ``None`` (default): as the checkpoint's ``meta.input.grayscale`` says.
     ``backend``: a callable taking a float32 batch ``[B, 3, S, S]`` (CPU tensor) and returning the
     logits ``[B, num_classes]`` (tensor or array), e.g. an ONNX Runtime session wrapper; by default
     the torch model under ``torch.inference_mode`` on ``device``.  ``meta`` overrides the model's
@@ -255,7 +258,7 @@ class Recognizer:
                  batch_size: int = 32, backend: Backend | None = None, *, min_face: float = 0.0,
                  crop_size: int | None = DEFAULT_CROP_SIZE, template: np.ndarray | None = None,
                  detector_options: dict[str, Any] | None = None, meta=None, prefetch: bool = True,
-                 grayscale: bool = False) -> None:
+                 grayscale: bool | None = None) -> None:
         from .evaluate import resolve_device
 
         if batch_size < 1:
@@ -280,16 +283,18 @@ class Recognizer:
             raise CheckpointError("the model has no .meta (class names, channel order, normalisation): load it "
                                   "with poster.load_model or pass meta=poster.ModelMeta(...)")
         self.model = model.to(self.device).eval() if model is not None else None
+        if grayscale is not None and bool(grayscale) != meta.input.grayscale:
+            meta = dataclasses.replace(meta, input=dataclasses.replace(meta.input, grayscale=bool(grayscale)))
         self.meta = meta
         self.class_names = tuple(meta.class_names)
-        self.transform = EvalTransform(meta.input)
+        self.grayscale = meta.input.grayscale
+        self.transform = EvalTransform(meta.input)  # applies the grey conversion when it is set
         self.channel_order = meta.input.channel_order
         self.detector = build_detector(detector, **(detector_options or {}))
         self.batch_size = int(batch_size)
         self.min_face = float(min_face)
         self.crop_size = int(crop_size) if crop_size is not None else int(meta.input.input_size)
         self.template = template
-        self.grayscale = bool(grayscale)
         self.backend = backend if backend is not None else self._torch_logits
         self.prefetch = bool(prefetch)
 
@@ -316,8 +321,6 @@ class Recognizer:
         out = []
         for face in faces:
             crop = face_crop(image_bgr, face, self.crop_size, self.template)
-            if self.grayscale:
-                crop = cv2.cvtColor(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
             out.append(np.ascontiguousarray(crop[..., ::-1]) if self.channel_order == "RGB" else crop)
         return out
 

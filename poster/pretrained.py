@@ -3,6 +3,10 @@
 ``poster.load_model('poster_v1_large.rafdb')`` looks for the official file under
 ``$POSTER_WEIGHTS`` (default ``~/.cache/poster/weights``) and the current folder; a path
 always works too.
+
+One model ships inside the package: ``poster_v1_tiny.fer2013`` (``BUNDLED_MODEL``), a compact
+POSTER trained on FER2013 so that ``poster predict`` works offline with no download.  It is a
+demonstration model on research data; the official checkpoints are the accurate choice.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ RELEASES = {r.name: r for r in (
 )}
 
 
+BUNDLED_RELEASE = "poster_v1_tiny.fer2013"
+BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "poster_v1_tiny_fer2013.pth"
+
+
+def bundled_model_path() -> Path:
+    """The packaged default model (``CheckpointError`` if this install lacks the file)."""
+    if not BUNDLED_MODEL.is_file():
+        raise CheckpointError(f"the bundled model {BUNDLED_MODEL} is missing from this install of poster; "
+                              "reinstall the package or pass a checkpoint")
+    return BUNDLED_MODEL
+
+
 def weights_dir() -> Path:
     return Path(os.environ.get("POSTER_WEIGHTS", Path.home() / ".cache" / "poster" / "weights"))
 
@@ -42,6 +58,8 @@ def resolve_weights(path_or_name: str | os.PathLike) -> Path:
     path = Path(path_or_name)
     if path.is_file():
         return path
+    if str(path_or_name) == BUNDLED_RELEASE:
+        return bundled_model_path()
     release = RELEASES.get(str(path_or_name))
     if release is not None:
         for folder in (weights_dir(), Path.cwd()):
@@ -53,4 +71,4 @@ def resolve_weights(path_or_name: str | os.PathLike) -> Path:
             "Download the official file from the authors' release page and put it there, or pass its path.")
     if path.exists():
         raise CheckpointError(f"{path}: is not a file")
-    raise CheckpointError(f"{path}: no such file (and not a release name: {', '.join(RELEASES)})")
+    raise CheckpointError(f"{path}: no such file (and not a release name: {', '.join([BUNDLED_RELEASE, *RELEASES])})")

@@ -188,3 +188,18 @@ def test_kill_9_at_random_moments_never_truncates(tmp_path):
             assert trial % 3 == 0, "a completed save disappeared"
             seen.append(None)
     assert any(n is not None for n in seen), seen
+
+
+def test_remove_stale_temporaries_touches_only_atomic_write_leftovers(tmp_path):
+    from poster.fileio import atomic_write_bytes, remove_stale_temporaries
+
+    atomic_write_bytes(tmp_path / "last.pth", b"good")
+    leftovers = [tmp_path / ".last.pth.a1b2c3d4.tmp", tmp_path / ".metrics.jsonl.zz_09xyq.tmp"]
+    keep = [tmp_path / "last.pth", tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / ".x.toolongname.tmp"]
+    for p in leftovers + keep[1:]:
+        p.write_bytes(b"half")
+    (tmp_path / ".dir.abcdefgh.tmp").mkdir()
+    assert remove_stale_temporaries(tmp_path) == sorted(leftovers)
+    assert all(p.exists() for p in keep) and (tmp_path / ".dir.abcdefgh.tmp").is_dir()
+    assert (tmp_path / "last.pth").read_bytes() == b"good"
+    assert remove_stale_temporaries(tmp_path / "absent") == []

@@ -210,10 +210,38 @@ def test_crop_size_and_grayscale(model_rgb, astronaut_rgb):
     np.testing.assert_allclose(_probs(as_grey), _probs(plain), atol=1e-7)
 
 
-def test_default_checkpoint_is_not_bundled_yet(model_rgb):
-    with pytest.raises(PosterError, match="no bundled model"):
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_grayscale_recorded_in_the_checkpoint_is_applied_by_default(astronaut_rgb, tmp_path, order):
+    """A model trained on grey faces says so in its metadata; prediction then greys colour faces
+    (overridable), and the flag survives a save/load round trip."""
+    import dataclasses
+
+    model = _tiny(order)
+    model.meta = dataclasses.replace(model.meta, input=dataclasses.replace(model.meta.input, grayscale=True))
+    poster.save_checkpoint(tmp_path / "grey.pth", model, model.meta)
+    loaded = poster.load_model(tmp_path / "grey.pth")
+    assert loaded.meta.input.grayscale is True
+    bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
+    grey = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    by_meta = Recognizer(loaded, detector="none").predict(bgr, color="BGR")
+    plain = _tiny(order)  # same weights, colour metadata
+    on_grey = Recognizer(plain, detector="none").predict(grey, color="BGR")
+    np.testing.assert_allclose(_probs(by_meta), _probs(on_grey), atol=1e-7)
+    colour = Recognizer(loaded, detector="none", grayscale=False).predict(bgr, color="BGR")
+    assert not np.allclose(_probs(colour), _probs(by_meta), atol=1e-4)
+    np.testing.assert_allclose(_probs(colour), _probs(Recognizer(plain, detector="none").predict(bgr, color="BGR")),
+                               atol=1e-7)
+    with pytest.raises(ValueError, match="grayscale must be a bool"):
+        poster.InputConfig(grayscale="yes")
+
+
+def test_missing_bundled_model_and_model_without_meta_are_clear_errors(monkeypatch, tmp_path):
+    import poster.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "BUNDLED_MODEL", tmp_path / "gone.pth")
+    with pytest.raises(CheckpointError, match="bundled model .*gone.pth is missing"):
         default_checkpoint()
-    with pytest.raises(PosterError, match="no bundled model"):
+    with pytest.raises(CheckpointError, match="is missing"):
         Recognizer(None)
     bare = poster.create_model("poster_v1_tiny", num_classes=7)
     with pytest.raises(CheckpointError, match="meta"):
@@ -413,11 +441,6 @@ def test_cli_detector_none_matches_the_model_on_fer2013(checkpoint, fer2013_dir,
         assert rec["label"] == FER2013_CLASSES[int(np.argmax(p))]
         np.testing.assert_allclose([rec["probabilities"][c] for c in FER2013_CLASSES], p, atol=2e-6)
         assert rec["box"] == [0, 0, 48, 48] and rec["landmarks"] is None
-
-
-def test_cli_without_checkpoint_says_no_bundled_model(tmp_path, capsys):
-    code = main(["predict", str(tmp_path)])
-    assert code == 1 and "no bundled model" in capsys.readouterr().err
 
 
 def test_torchrun_shards_a_folder_and_merges_the_results(tmp_path):

@@ -114,9 +114,13 @@ def test_kill_9_then_resume_equals_uninterrupted_run(stripes, tmp_path):
 
     again = _poster("train", *TINY, "--data", str(stripes), "-o", str(killed))
     assert again.returncode == 1 and "--resume" in again.stderr  # never silently overwrites a run
+    # what a kill -9 during a checkpoint write leaves behind (the atomic write's temporary)
+    stale = killed / ".last.pth.k9x_2ab7.tmp"
+    stale.write_bytes(last_bytes[: len(last_bytes) // 2])
     resumed = _poster("train", *TINY, "--data", str(stripes), "-o", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
+    assert not stale.exists() and "removed 1 unfinished temporary file" in resumed.stderr
 
     a, b = _state(straight / "last.pth"), _state(killed / "last.pth")
     assert list(a) == list(b)
@@ -231,3 +235,30 @@ def test_select_on_test_reports_both_numbers(stripes, tmp_path):
     with pytest.raises(poster.PosterError, match="needs a test split"):
         Trainer(recipe, TrainOptions(dataset="folder", data=str(stripes), output_dir=str(tmp_path / "r2"),
                                      test_split=None, select_on="test", workers=0, progress=False)).fit()
+
+
+def test_dying_rank_stops_the_run_keeps_the_checkpoint_and_resume_matches(stripes, tmp_path):
+    """torchrun, 2 processes; rank 1 is SIGKILLed in epoch 2.  The launcher stops the whole run and
+    names the dead rank; last.pth (epoch 1) is intact; a resumed run equals an uninterrupted one."""
+    straight = tmp_path / "straight"
+    proc = _torchrun(2, "-m", "poster", "train", *TINY, "--data", str(stripes), "-o", str(straight))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    faulty = tmp_path / "faulty"
+    proc = _torchrun(2, str(TESTS / "ddp_fault_worker.py"), "train", *TINY, "--data", str(stripes),
+                     "-o", str(faulty))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "[epoch 1/3]" in log and "[epoch 2/3]" not in log, log[-3000:]
+    assert "rank: 1" in log and "exitcode" in log and "SIGKILL" in log, log[-3000:]  # the user is told which
+    state = torch.load(faulty / "last.pth", weights_only=True)
+    assert state["training"]["epoch"] == 1 and poster.load_model(faulty / "last.pth") is not None
+    assert not (faulty / "report.json").exists()
+
+    resumed = _torchrun(2, "-m", "poster", "train", *TINY, "--data", str(stripes), "-o", str(faulty), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a, b = _state(straight / "last.pth"), _state(faulty / "last.pth")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(straight / "metrics.jsonl") == _metrics(faulty / "metrics.jsonl")

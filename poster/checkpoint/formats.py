@@ -99,13 +99,25 @@ def read_weight_file(path: str | os.PathLike, map_location: Any = "cpu") -> Weig
                           + (f" with keys {keys}" if keys else "") + ")")
 
 
+def _cpu_state(model: torch.nn.Module, prefix: str = "", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A contiguous CPU copy of the state dict (channels-last training leaves NHWC strides);
+    ``dtype`` casts the floating-point entries (e.g. float16 to halve a shipped file)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+        out[prefix + k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return out
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: ModelMeta,
-                    **extra: Any) -> Path:
+                    dtype: torch.dtype | None = None, **extra: Any) -> Path:
     """Write our format atomically: weights (on CPU) + metadata + optional extra entries.
 
-    ``extra`` must itself be ``weights_only``-loadable (tensors, numbers, strings, lists, dicts).
+    ``dtype``: store floating-point weights in this type (``torch.float16`` halves the file;
+    loading casts them back to the model's float32).  ``extra`` must itself be
+    ``weights_only``-loadable (tensors, numbers, strings, lists, dicts).
     """
-    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state = _cpu_state(model, dtype=dtype)
     obj = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
     clash = set(extra) & set(obj)
     if clash:
@@ -121,7 +133,7 @@ def export_official(path: str | os.PathLike, model: torch.nn.Module, flavor: str
     ``flavor='v2'``: ``{'epoch', 'state_dict', 'best_acc', 'optimizer'}`` (read by ``main.py --evaluate``;
     the pickled recorder objects are left out on purpose: they are not needed and not safe to read).
     """
-    state = {f"module.{k}": v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state = _cpu_state(model, prefix="module.")
     if flavor == "v1":
         obj = {"iter": 0, "model_state_dict": state, "optimizer_state_dict": {}}
     elif flavor == "v2":

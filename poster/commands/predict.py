@@ -52,8 +52,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--crop-size", type=int, default=100,
                    help="side of the aligned face crop before the model's resize (default 100, like RAF-DB's "
                         "aligned faces; 0: the model's input size)")
-    p.add_argument("--grayscale", action="store_true",
-                   help="turn face crops grey first (for models trained on grey faces, e.g. FER2013)")
+    p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
+                   help="turn face crops grey first (for models trained on grey faces, e.g. FER2013); "
+                        "default: what the checkpoint's metadata says")
     p.add_argument("--score-threshold", type=float, default=0.6, help="YuNet face score threshold (default 0.6)")
     p.add_argument("-o", "--output-dir", default="runs/predict", help="where results and annotations go "
                    "(default runs/predict)")

@@ -177,13 +177,20 @@ def to_normalized_tensor(arr: np.ndarray, mean: tuple[float, ...], std: tuple[fl
     return t.sub_(m).div_(s)
 
 
+def to_grey3(arr: np.ndarray, order: str) -> np.ndarray:
+    """An HxWx3 uint8 image in ``order`` made grey, as 3 equal channels (ITU-R 601 luma, OpenCV's)."""
+    grey = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY if order == "RGB" else cv2.COLOR_BGR2GRAY)
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+
+
 class EvalTransform:
     """The reference evaluation transform for a given ``InputConfig``.
 
     Call it with an HxWx3 uint8 numpy array whose channels are ALREADY in
     ``input_config.channel_order`` (the array is never reordered); it returns a float32 tensor
     [3, S, S]:  ``PIL.Image.fromarray(arr).resize((S, S), BILINEAR)`` -> ``/255`` ->
-    ``(x - mean) / std``.  A PIL image is also accepted: PIL images are RGB by definition, so it is
+    ``(x - mean) / std``; with ``grayscale`` set, the array is made grey (3 equal channels)
+    before the resize.  A PIL image is also accepted: PIL images are RGB by definition, so it is
     converted to the config's order first.
     """
 
@@ -214,6 +221,8 @@ class EvalTransform:
             arr = np.ascontiguousarray(image)
         else:
             raise TypeError(f"EvalTransform expects a numpy array or PIL image, got {type(image).__name__}")
+        if self.input_config.grayscale:
+            arr = to_grey3(arr, self.channel_order)
         s = self.size
         resized = Image.fromarray(arr).resize((s, s), self._filter)
         return to_normalized_tensor(np.asarray(resized), self.input_config.mean, self.input_config.std)

@@ -27,7 +27,7 @@ from ..data import EvalTransform, build_dataset
 from ..data.datasets import check_images
 from ..errors import PosterError
 from ..evaluate import predict_logits, resolve_device
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..meta import ModelMeta
 from ..metrics import classification_report
 from ..models import create_model
@@ -59,6 +59,7 @@ class TrainOptions:
     select_on: str = "val"  # "val" (honest) or "test" (the papers' protocol, reported as such)
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: str = "auto"  # auto: NHWC convolutions whenever bf16 autocast is on (CUDA, or CPU with --precision bf16)
     ir50: str | None = None
     landmark: str | None = None
     resume: bool = False
@@ -78,6 +79,8 @@ class TrainOptions:
             raise PosterError(f"--select-on must be 'val' or 'test', got {self.select_on!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise PosterError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise PosterError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
 
 
 @dataclass
@@ -143,6 +146,9 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.use_bf16 = options.precision == "bf16" or (options.precision == "auto" and self.device.type == "cuda")
+        # NHWC is where oneDNN/cuDNN bf16 convolutions are fastest (measured ~1.3x on an AMX CPU);
+        # the IR token reshape is a logical reshape, so the result does not depend on the layout.
+        self.channels_last = options.channels_last == "on" or (options.channels_last == "auto" and self.use_bf16)
         if recipe.batch_size % self.dist.world_size:
             raise PosterError(f"batch size {recipe.batch_size} is not divisible by the {self.dist.world_size} "
                               "processes: the global batch is kept, so it must split evenly")
@@ -245,6 +251,8 @@ class Trainer:
                           {"--ir50": "IR-50 trunk", "--landmark": "landmark net"}[m] for m in missing), "!" * 78,
                       level=logging.WARNING)
         model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if o.sync_bn and self.dist.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -257,7 +265,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=r.lr_gamma)
         self.loss_fn = build_loss(r.loss)
         gen_device = self.device if self.device.type == "cuda" else "cpu"
-        self.generator = torch.Generator(device=gen_device).manual_seed(r.seed + 1000 * self.dist.rank)
+        self.generator = torch.Generator(device=gen_device)  # re-seeded every epoch (_augment_seed)
         self.batches = None
         if self.cache is not None:
             from .cache import CachedBatches
@@ -269,13 +277,15 @@ class Trainer:
                                                         == "cuda" else None) if self.dist.enabled else model)
         n_train = sum(p.numel() for p in params)
         self._log("model %s: %.3fM trainable parameters; %s, %s, %d process(es), batch %d (%d per process)",
-                  r.arch, n_train / 1e6, self.device, "bf16 autocast" if self.use_bf16 else "fp32",
-                  self.dist.world_size, r.batch_size, self.local_batch)
+                  r.arch, n_train / 1e6, self.device, ("bf16 autocast" if self.use_bf16 else "fp32")
+                  + (", channels-last" if self.channels_last else ""), self.dist.world_size, r.batch_size, self.local_batch)
 
     # ------------------------------------------------------------------ checkpoints
 
     def _training_state(self, epoch_done: int) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state(), "augment": self.generator.get_state()}
+        # The augmentation generator needs no saving: it is re-seeded from (seed, epoch, rank) at the
+        # start of every epoch.  The global RNG (drop path) advances identically on every rank.
+        rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"epoch": epoch_done, "step": self.global_step, "optimizer": self.optimizer.state_dict(),
@@ -295,6 +305,15 @@ class Trainer:
                                   f"{e.strerror or e}; the previous {name} is intact (writes are atomic). "
                                   "Free space and continue with --resume") from e
 
+    def _remove_stale_temporaries(self) -> None:
+        """Half-written checkpoint temporaries of the interrupted run (the finished files are intact)."""
+        if not self.dist.is_main:
+            return
+        removed = remove_stale_temporaries(self.out)
+        if removed:
+            self._log("removed %d unfinished temporary file(s) left by an interrupted write: %s", len(removed),
+                      ", ".join(p.name for p in removed), level=logging.WARNING)
+
     def _resume(self) -> None:
         path = self.out / "last.pth"
         if not path.is_file():
@@ -310,8 +329,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-        if self.dist.world_size == state.get("world_size", 1):
-            self.generator.set_state(state["rng"]["augment"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.start_epoch = int(state["epoch"])
@@ -324,13 +341,22 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a normalised batch: (first-pass loss, first-pass logits)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return sam_train_step(self.ddp, self.optimizer, self.loss_fn, x, y, self.use_bf16)
+
+    def _augment_seed(self, epoch: int) -> int:
+        """Seed of the augmentation generator for one epoch on this rank.  Deriving it, instead of
+        carrying one generator's state from epoch to epoch, makes a resumed run draw the same flips,
+        noise and erasing on EVERY rank as the uninterrupted run (only rank 0 writes checkpoints)."""
+        return (self.recipe.seed * 1_000_003 + epoch) * 65_537 + self.dist.rank
 
     def _train_epoch(self, epoch: int) -> EpochStats:
         from tqdm.auto import tqdm
 
         self.ddp.train()
         self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(self._augment_seed(epoch))
         loss_sum = correct = seen = 0.0
         start = time.perf_counter()
         bar = tqdm(self.batches if self.batches is not None else self.train_loader,
@@ -394,6 +420,7 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         if self.opt.resume:
+            self._remove_stale_temporaries()
             self._resume()
         elif (self.out / "last.pth").exists():
             raise PosterError(f"{self.out} already holds a run (last.pth); use --resume to continue it "
