@@ -105,16 +105,36 @@ def test_palette_png():
     assert (out == [10, 200, 60]).all()
 
 
-def test_large_image_decodes(tmp_path):
-    # 6000 x 6000 instead of the issue's 20,000 x 20,000 (too slow / 1.2 GB for CI)
-    big = np.zeros((6000, 6000, 3), np.uint8)
-    big[::50] = 255
-    path = tmp_path / "big.png"
+@pytest.mark.slow
+def test_20000_x_20000_image_decodes(tmp_path):
+    """The issue's 20,000 x 20,000 image (400 MP, 15 MB as JPEG): decoded correctly (1.2 GB in memory)."""
+    big = np.zeros((20_000, 20_000), np.uint8)
+    big[::100] = 255
+    path = tmp_path / "big.jpg"
     assert cv2.imwrite(str(path), big)
+    del big
     good, bad = check_images([(str(path), 0)], workers=1)
     assert good == [(str(path), 0)] and bad == []
     out = load_image(path)
-    assert out.shape == (6000, 6000, 3) and out[0, 0, 0] == 255 and out[1, 0, 0] == 0
+    assert out.shape == (20_000, 20_000, 3)
+    assert out[0, 0].min() > 200 and out[50, 0].max() < 50 and out[19_900, 19_999].min() > 200
+
+
+def _jpeg_claiming_size(width: int, height: int) -> bytes:
+    """A valid small JPEG whose frame header (SOF0) is patched to claim another size."""
+    data = bytearray(_pil_bytes(Image.new("RGB", (16, 16), (90, 30, 200)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_image_over_the_decoder_limit_says_so_naming_the_file(tmp_path):
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(_jpeg_claiming_size(40_000, 40_000))  # 1,600 MP: over OpenCV's 1,074 MP limit
+    with pytest.raises(DatasetError, match=r"image too large to decode .*huge\.jpg"):
+        load_image(path)
+    good, bad = check_images([(str(path), 3)], skip_bad=True, workers=1)
+    assert good == [] and "too large" in bad[0][1] and "huge.jpg" in bad[0][1]
 
 
 def test_file_name_with_spaces_and_non_ascii(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -86,6 +87,26 @@ def _jpeg_is_truncated(data: bytes) -> bool:
     return False
 
 
+def _too_large_reason(buf: np.ndarray) -> str | None:
+    """Why OpenCV refused an image for its size, from the header alone; None if size is not why.
+
+    OpenCV refuses images over ``OPENCV_IO_MAX_IMAGE_PIXELS`` (default 2**30 pixels, e.g.
+    40,000 x 40,000) and returns no image, which would otherwise read as "corrupt"."""
+    limit = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(buf.tobytes())) as im:  # reads the header only
+                w, h = im.size
+    except Image.DecompressionBombError as exc:
+        return str(exc).split(",")[0]
+    except Exception:
+        return None
+    if w * h > limit:
+        return f"{w} x {h} = {w * h / 1e6:.0f} MP, more than OpenCV's limit of {limit / 1e6:.0f} MP"
+    return None
+
+
 def decode_image_bytes(data: bytes | bytearray | memoryview | np.ndarray, channel_order: str = "RGB",
                        name: str = "<bytes>") -> np.ndarray:
     """Decode an encoded image (JPEG, PNG, BMP, WebP, ...) to an HxWx3 uint8 array.
@@ -103,9 +124,15 @@ def decode_image_bytes(data: bytes | bytearray | memoryview | np.ndarray, channe
         raise DatasetError(f"image file is empty (0 bytes): {name}")
     try:
         arr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # pragma: no cover - OpenCV normally returns None instead
-        raise DatasetError(f"cannot decode image {name}: {exc}") from exc
+        failure = None
+    except cv2.error as exc:  # OpenCV 5 raises for over-size images; 4.x returns None
+        arr, failure = None, exc
     if arr is None:
+        too_large = _too_large_reason(buf)
+        if too_large:
+            raise DatasetError(f"image too large to decode ({too_large}): {name}") from failure
+        if failure is not None:
+            raise DatasetError(f"cannot decode image {name}: {failure}") from failure
         raise DatasetError(f"cannot decode image (not an image, unsupported format or corrupt): {name}")
     if _jpeg_is_truncated(buf.tobytes()):
         raise DatasetError(f"image file is truncated (JPEG end marker missing): {name}")
