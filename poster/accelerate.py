@@ -25,9 +25,10 @@ much as the BN itself, so it stays a BatchNorm (``torch.compile`` fuses it into 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +47,21 @@ INFERENCE_DTYPES = ("fp32", "bf16")
 
 
 # --------------------------------------------------------------------------- BN folding
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16), where bf16 autocast
+    makes CPU inference and training several times faster (measured in docs/benchmarks.md); on
+    other CPUs oneDNN emulates bf16 and it gains little or nothing.  Linux (/proc/cpuinfo) only."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
 def _attr_pair_types() -> tuple[type, ...]:
     """Modules whose ``forward`` applies ``self.bn(self.conv(x))`` (MobileFaceNet blocks)."""
     from .models.mobilefacenet import ConvBlock, LinearBlock
@@ -130,6 +146,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _cpu_freezing(enabled: bool) -> Iterator[None]:
+    """Inductor's ``freezing`` while a compiled model (re)compiles on the CPU: weights become
+    constants, so convolution and linear weights are pre-packed for oneDNN once instead of being
+    reordered on every call (measured: most of the remaining batch-1 time in bf16)."""
+    if not enabled:
+        yield
+        return
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
 class FastInference(nn.Module):
     """``fast(x) -> float32 logits``: an inference-only wrapper built by :func:`prepare_inference`.
 
@@ -170,7 +200,8 @@ class FastInference(nn.Module):
     def run_prepared(self, x: torch.Tensor) -> torch.Tensor:
         """The model on an input already made by :meth:`prepare_input` (what CUDA graphs capture)."""
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.dtype == "bf16", cache_enabled=False):
+                                                    enabled=self.dtype == "bf16", cache_enabled=False), \
+                _cpu_freezing(self.compiled and self.device.type == "cpu"):
             return self._runner(x).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -194,6 +225,23 @@ class FastInference(nn.Module):
                 f"compiled={self.compiled}, folded_pairs={self.folded_pairs}")
 
 
+def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the weights of the layers that autocast runs in ``dtype`` (linear, convolution) in
+    ``dtype`` ahead of time; returns how many layers were cast.
+
+    Autocast casts those weights on every call (with ``cache_enabled=False``, needed for inference
+    mode and CUDA graphs): at batch 1 that was a quarter of the CPU time of V1 large (~770 casts a
+    forward).  Autocast would produce exactly these bf16 values, so results are unchanged; layers
+    autocast keeps in float32 (LayerNorm, softmax inputs) keep float32 parameters.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            module.to(dtype)
+            count += 1
+    return count
+
+
 def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtype: str = "fp32",
                       channels_last: bool = True, compile: bool = False, fold_bn: bool = True, *,
                       compile_mode: str | None = None, warmup_batch_sizes: Sequence[int] = (1,),
@@ -203,7 +251,8 @@ def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtyp
     Args:
         device: where to run.
         dtype: ``"fp32"`` (results within the golden tolerance of the plain model) or ``"bf16"``
-            (autocast; matmuls/convs in bfloat16, reductions such as LayerNorm/softmax in fp32).
+            (autocast; matmuls/convs in bfloat16 with their weights cast once here
+            (:func:`cast_matmul_weights`), reductions such as LayerNorm/softmax in fp32).
         channels_last: convert conv weights and inputs to NHWC.  Legal for POSTER: the V1 token
             ``reshape`` of the stage-3 map is defined on the logical NCHW order whatever the memory
             layout, so it reads the same values (checked by tests/test_accelerate.py).
@@ -219,6 +268,8 @@ def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtyp
     folded = len(conv_bn_pairs(model)) if fold_bn else 0
     prepared.requires_grad_(False)
     prepared = prepared.to(device)
+    if dtype == "bf16":
+        cast_matmul_weights(prepared, torch.bfloat16)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
     runner: Callable[[torch.Tensor], torch.Tensor] = prepared

@@ -9,8 +9,8 @@ Both paths use the same model (same initial weights) and the same SAM(Adam) step
   resize to 224; flip; ToTensor/Normalize; torchvision-style random erasing in Python), eager fp32
   model fed the 224 tensors.
 * **fast**: the uint8 112x112 cache (``poster.train.cache``) built once, batched on-device
-  augmentation, bf16 autocast (CUDA; fp32 on CPU unless ``--precision bf16``), channels-last
-  (CUDA by default), fused Adam (CUDA), optional ``torch.compile``; inference through
+  augmentation, bf16 autocast (CUDA, and CPUs with bf16 instructions such as AMX; fp32 on other
+  CPUs), channels-last (whenever bf16 is on), fused Adam (CUDA), optional ``torch.compile``; inference through
   ``poster.accelerate.prepare_inference`` (BN folded) and, on CUDA, a CUDA graph at batch 1.
 
 Measured: SAM training images/s end to end (data included, after warm-up steps), the input
@@ -46,7 +46,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .accelerate import CudaGraphRunner, prepare_inference
+from .accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference
 from .data import load_image
 from .data.transforms import to_normalized_tensor
 from .errors import PosterError
@@ -79,8 +79,8 @@ class BenchmarkOptions:
     warmup: int | None = None  # untimed SAM steps before them
     quick: bool = False
     compile: bool = False
-    precision: str = "auto"  # fast path: auto = bf16 on CUDA, fp32 on CPU
-    channels_last: str = "auto"  # fast path: auto = on for CUDA, off on CPU
+    precision: str = "auto"  # fast path: auto = bf16 on CUDA and on CPUs with bf16 instructions (AMX), else fp32
+    channels_last: str = "auto"  # fast path: auto = on for CUDA and with bf16, off otherwise
     workers: int = 2  # reference DataLoader workers (the original's)
     cache_workers: int | None = None
     cpu_compare: bool = True
@@ -313,8 +313,8 @@ def _plan(o: BenchmarkOptions, device: torch.device, recipe: Recipe) -> _Plan:
     steps = o.steps or steps
     warmup = o.warmup if o.warmup is not None else warmup
     min_time = o.min_time if o.min_time is not None else min_time
-    bf16 = o.precision == "bf16" or (o.precision == "auto" and cuda)
-    channels_last = o.channels_last == "on" or (o.channels_last == "auto" and cuda)
+    bf16 = o.precision == "bf16" or (o.precision == "auto" and (cuda or cpu_has_native_bf16()))
+    channels_last = o.channels_last == "on" or (o.channels_last == "auto" and (cuda or bf16))
     return _Plan(device, batch_sizes, train_batch, steps, warmup, min_time, bf16, channels_last,
                  train_batch * (steps + warmup))
 
@@ -481,7 +481,8 @@ def _inference(model: nn.Module, plan: _Plan, o: BenchmarkOptions, mem: _Memory)
 
 def _cpu_batch1(model: nn.Module, plan: _Plan, o: BenchmarkOptions, tmp: Path) -> dict[str, Any]:
     """Batch-1 CPU latency, measured in alternating rounds: eager fp32, BN-folded fp32 (NCHW and,
-    unless quick, channels-last) and ONNX Runtime on the 112 input (the pixels the model reads)."""
+    unless quick, channels-last), BN-folded bf16 autocast channels-last where the CPU computes bf16
+    natively, and ONNX Runtime on the 112 input (the pixels the model reads)."""
     cpu = torch.device("cpu")
     model = copy.deepcopy(model).to(cpu).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(o.seed + 2))
@@ -494,9 +495,11 @@ def _cpu_batch1(model: nn.Module, plan: _Plan, o: BenchmarkOptions, tmp: Path) -
     with torch.inference_mode():
         ref_logits = model(x)
     fns: dict[str, tuple[Callable[[Any], Any], Any]] = {"eager_fp32": (eager, x)}
-    variants = (("folded_fp32", False),) + (() if o.quick else (("folded_fp32_channels_last", True),))
-    for name, cl in variants:
-        fast = prepare_inference(model, cpu, "fp32", channels_last=cl, fold_bn=True)
+    variants = [("folded_fp32", "fp32", False)] + ([] if o.quick else [("folded_fp32_channels_last", "fp32", True)])
+    if cpu_has_native_bf16():  # AMX / AVX512-BF16: oneDNN runs bf16 convolutions and matmuls natively
+        variants.append(("folded_bf16_channels_last", "bf16", True))
+    for name, dtype, cl in variants:
+        fast = prepare_inference(model, cpu, dtype, channels_last=cl, fold_bn=True)
         fns[name] = (fast, x)
         out[name + "_max_abs_diff"] = (fast(x) - ref_logits).abs().max().item()
     if o.onnx:
@@ -667,6 +670,7 @@ def format_report(report: dict[str, Any]) -> str:
                       "alternating calls:"]
         for key, label in (("eager_fp32_ms", "eager fp32"), ("folded_fp32_ms", "BN-folded fp32"),
                            ("folded_fp32_channels_last_ms", "BN-folded fp32, channels-last"),
+                           ("folded_bf16_channels_last_ms", "BN-folded bf16, channels-last"),
                            ("onnxruntime_ms", "ONNX Runtime (112 input)")):
             if key in cpu:
                 speed = cpu.get("speedup_" + key[:-3])

@@ -125,6 +125,41 @@ def test_bf16_autocast_tiny(tiny):
     assert torch.equal(out.argmax(1)[clear], ref.argmax(1)[clear])
 
 
+def test_bf16_weights_cast_once_equal_per_call_autocast(tiny):
+    """The bf16 path stores conv/linear weights in bf16 ahead of time; autocast would have cast them
+    to exactly those values on every call, so the output is bit-identical to plain autocast."""
+    model, x, _ = tiny
+    fast = prepare_inference(model, "cpu", dtype="bf16", channels_last=True)
+    weights = {type(m).__name__: m.weight.dtype for m in fast.model.modules() if hasattr(m, "weight")}
+    assert weights["Conv2d"] == weights["Linear"] == torch.bfloat16 and weights["LayerNorm"] == torch.float32
+    folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        ref = folded(x[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last)).float()
+    assert torch.equal(fast(x), ref)
+    assert next(model.parameters()).dtype == torch.float32  # the given model is left untouched
+
+
+def test_compiled_path_matches_eager_on_a_small_network():
+    """torch.compile (with weight freezing on the CPU) keeps the results: fp32 within the golden
+    tolerance, bf16 within the bf16 one.  A small conv/BN/linear network keeps compile time short."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.PReLU(8), nn.AdaptiveAvgPool2d(2),
+                        nn.Flatten(), nn.Linear(32, 7)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = net(x)
+    fast = prepare_inference(net, "cpu", dtype="fp32", channels_last=False, compile=True,
+                             warmup_batch_sizes=(2,), input_size=16)
+    assert fast.compiled and fast.compile_seconds > 0
+    assert (fast(x) - ref).abs().max() <= golden_tol(ref)
+    fast16 = prepare_inference(net, "cpu", dtype="bf16", channels_last=True, compile=True,
+                               warmup_batch_sizes=(2,), input_size=16)
+    assert (fast16(x) - ref).abs().max() <= golden_tol(ref, BF16_RTOL)
+
+
 @pytest.mark.parametrize("name", ["poster_v1_large", "poster_v2"])
 def test_fold_and_channels_last_full_models(name):
     model = build(name)

@@ -474,3 +474,31 @@ def test_torchrun_shards_a_folder_and_merges_the_results(tmp_path):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(Path(r["source"]).name for r in records) == [f"face{i}.png" for i in range(5)]
     assert sorted(p.name for p in out.iterdir()) == ["results.jsonl"]  # the rank parts are merged away
+
+
+def test_cli_runtimes_and_precisions_agree(checkpoint, astronaut_rgb, tmp_path, capsys):
+    """The same faces through PyTorch fp32 (exact), PyTorch bf16 (fast path) and an ONNX export
+    picked by its file name: the same probabilities within each path's stated tolerance."""
+    pytest.importorskip("onnxruntime")
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), astronaut_rgb[:, :, ::-1])
+    from poster.export import export_onnx
+
+    onnx_path = export_onnx(poster.load_model(checkpoint), tmp_path / "tiny.onnx")
+
+    def run(name: str, *extra: str) -> dict:
+        code = main(["predict", str(photo), "-c", *extra, "-o", str(tmp_path / name), "--no-annotate", "-q"])
+        assert code == 0, capsys.readouterr().err
+        (line,) = (tmp_path / name / "results.jsonl").read_text().splitlines()
+        return json.loads(line)
+
+    exact = run("fp32", str(checkpoint))
+    fast = run("bf16", str(checkpoint), "--precision", "bf16")
+    onnx = run("onnx", str(onnx_path))
+    assert exact["box"] == fast["box"] == onnx["box"]
+    p = np.array([exact["probabilities"][c] for c in FER2013_CLASSES])
+    np.testing.assert_allclose([onnx["probabilities"][c] for c in FER2013_CLASSES], p, atol=1e-4)
+    np.testing.assert_allclose([fast["probabilities"][c] for c in FER2013_CLASSES], p, atol=2e-2)
+    capsys.readouterr()
+    assert main(["predict", str(photo), "-c", str(onnx_path), "--precision", "bf16", "-o", str(tmp_path / "x")]) == 1
+    assert "apply to the PyTorch runtime, not onnx" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "benchmark", help="measure the fast path against a reference-equivalent path",
         description="Measure, in one process on synthetic 100x100 JPEGs, our fast path (uint8 112 cache, "
-                    "on-device augmentation, bf16/channels-last on CUDA, BN folding, optional torch.compile, "
+                    "on-device augmentation, bf16/channels-last on CUDA and AMX CPUs, BN folding, optional torch.compile, "
                     "CUDA graphs at batch 1) against the reference-equivalent path (eager fp32, per-image CPU "
                     "transforms at 224, DataLoader with 2 workers): SAM training img/s end to end, input "
                     "pipeline img/s, inference img/s, batch-1 latency, peak memory, compile time; on the CPU "
@@ -41,9 +41,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path (compile time reported)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="fast path precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+                   help="fast path precision (auto: bf16 autocast on CUDA and on CPUs with bf16 instructions "
+                        "(AMX/AVX512-BF16), fp32 otherwise)")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                   help="fast path memory format (auto: channels-last on CUDA only)")
+                   help="fast path memory format (auto: channels-last whenever bf16 is on)")
     p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (the original's 2)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per inference measurement")
     p.add_argument("--no-cpu-compare", action="store_true", help="skip the CPU batch-1 comparison")
