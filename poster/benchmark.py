@@ -498,8 +498,14 @@ def _cpu_batch1(model: nn.Module, plan: _Plan, o: BenchmarkOptions, tmp: Path) -
     variants = [("folded_fp32", "fp32", False)] + ([] if o.quick else [("folded_fp32_channels_last", "fp32", True)])
     if cpu_has_native_bf16():  # AMX / AVX512-BF16: oneDNN runs bf16 convolutions and matmuls natively
         variants.append(("folded_bf16_channels_last", "bf16", True))
+    if o.compile:
+        variants.append(("compiled_" + variants[-1][0], variants[-1][1], variants[-1][2]))
     for name, dtype, cl in variants:
-        fast = prepare_inference(model, cpu, dtype, channels_last=cl, fold_bn=True)
+        start = time.perf_counter()
+        fast = prepare_inference(model, cpu, dtype, channels_last=cl, fold_bn=True,
+                                 compile=name.startswith("compiled_"), warmup_batch_sizes=(1,))
+        if fast.compiled:
+            out[name + "_compile_seconds"] = time.perf_counter() - start
         fns[name] = (fast, x)
         out[name + "_max_abs_diff"] = (fast(x) - ref_logits).abs().max().item()
     if o.onnx:
@@ -671,6 +677,9 @@ def format_report(report: dict[str, Any]) -> str:
         for key, label in (("eager_fp32_ms", "eager fp32"), ("folded_fp32_ms", "BN-folded fp32"),
                            ("folded_fp32_channels_last_ms", "BN-folded fp32, channels-last"),
                            ("folded_bf16_channels_last_ms", "BN-folded bf16, channels-last"),
+                           ("compiled_folded_bf16_channels_last_ms", "compiled, BN-folded bf16, CL"),
+                           ("compiled_folded_fp32_ms", "compiled, BN-folded fp32"),
+                           ("compiled_folded_fp32_channels_last_ms", "compiled, BN-folded fp32, CL"),
                            ("onnxruntime_ms", "ONNX Runtime (112 input)")):
             if key in cpu:
                 speed = cpu.get("speedup_" + key[:-3])

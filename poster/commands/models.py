@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..models.registry import get_arch, list_models
-from ..pretrained import RELEASES, weights_dir
+from ..pretrained import BUNDLED_MODEL, BUNDLED_RELEASE, RELEASES, weights_dir
 
 
 def add_parser(subparsers) -> None:
@@ -18,4 +18,7 @@ def run(args) -> int:
     print(f"\nOfficial releases (poster.load_model), looked up in {weights_dir()}:")
     for r in RELEASES.values():
         print(f"  {r.name:28s} {r.dataset:11s} paper {r.paper_accuracy:.2f}%  file {' or '.join(r.file_names)}")
+    state = "installed" if BUNDLED_MODEL.is_file() else "MISSING from this install"
+    print(f"\nBundled (the default of poster predict; a FER2013 demonstration model, see docs/results.md):\n"
+          f"  {BUNDLED_RELEASE:28s} fer2013     {state}: {BUNDLED_MODEL}")
     return 0
