@@ -198,3 +198,22 @@ def test_no_grads_is_a_noop_and_rho_validated():
     assert all(torch.equal(p, w) for p, w in zip(net.parameters(), before))
     with pytest.raises(ValueError):
         SAM(net.parameters(), torch.optim.Adam, rho=-1.0)
+
+
+def test_fused_adam_inside_sam_matches_foreach():
+    """The trainer passes fused=True to the base Adam on CUDA; the plumbing (kwargs reaching Adam
+    through SAM's shared param groups) is checked here with PyTorch's CPU fused Adam."""
+    made = [make(1) for _ in range(2)]
+    nets = [net for net, _ in made]
+    batches = made[0][1]
+    opts = [SAM(nets[0].parameters(), torch.optim.Adam, rho=0.05, lr=1e-2),
+            SAM(nets[1].parameters(), torch.optim.Adam, rho=0.05, lr=1e-2, fused=True)]
+    assert opts[1].base_optimizer.param_groups[0]["fused"] is True
+    for x, y in batches:
+        for net, opt in zip(nets, opts):
+            sam_step(net, opt, x, y)
+    moved = False
+    for a, b, c in zip(nets[0].parameters(), nets[1].parameters(), make(1)[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        moved |= not torch.equal(a, c)
+    assert moved

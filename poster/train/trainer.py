@@ -260,8 +260,10 @@ class Trainer:
                               input=r.input_config(), arch_options=dict(r.arch_options),
                               source=f"poster train --recipe {r.name}", dataset=o.dataset)
         params = [p for p in model.parameters() if p.requires_grad]
+        # Fused Adam (one kernel for the whole update) on CUDA; SAM's perturb/restore are foreach ops.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = SAM(params, torch.optim.Adam, rho=r.sam_rho, adaptive=r.sam_adaptive, lr=r.lr,
-                             betas=r.betas, eps=r.eps, weight_decay=r.weight_decay)
+                             betas=r.betas, eps=r.eps, weight_decay=r.weight_decay, **fused)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=r.lr_gamma)
         self.loss_fn = build_loss(r.loss)
         gen_device = self.device if self.device.type == "cuda" else "cpu"
