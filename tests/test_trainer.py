@@ -161,6 +161,38 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(stripes, tmp_path, monkey
     assert ckpt["training"]["epoch"] == 1
 
 
+def test_compile_option_wraps_the_training_model_and_reports_the_first_step(stripes, tmp_path, monkeypatch, caplog):
+    """--compile hands the (DDP-wrapped) model to torch.compile and trains with what it returns,
+    timing the first step; checkpoints still come from the plain model.  torch.compile is replaced
+    by a recording pass-through here: a real CPU compile of POSTER takes minutes
+    (tests/test_accelerate.py compiles a small network for real)."""
+    compiled = []
+
+    class Recorded(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.inner(x)
+
+    def fake_compile(module, **kwargs):
+        compiled.append(Recorded(module))
+        return compiled[-1]
+
+    monkeypatch.setattr(trainer_mod.torch, "compile", fake_compile)
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
+    options = TrainOptions(dataset="folder", data=str(stripes), output_dir=str(tmp_path / "run"),
+                           val_fraction=0.25, workers=0, progress=False, test_split=None, compile=True)
+    trainer = Trainer(recipe, options)
+    with caplog.at_level("INFO"):
+        trainer.fit()
+    assert len(compiled) == 1 and compiled[0].inner is trainer.ddp and compiled[0].calls == 2 * 3  # SAM: 2 passes
+    assert trainer.compile_seconds > 0 and "torch.compile: the first training step took" in caplog.text
+    assert poster.load_model(tmp_path / "run" / "last.pth") is not None
+
+
 def _fer_subset(fer2013_dir: Path, root: Path, classes=("happy", "neutral", "surprise"),
                 train_per_class: int = 200, test_per_class: int = 60) -> Path:
     """A class-balanced FER2013 subset in the folder layout (symbolic links, nothing copied)."""

@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on CPU ('bf16' on a CPU with AMX/AVX512-BF16 "
                         "trains ~2x faster)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (opt-in: compilation takes minutes; its time is logged)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="NHWC convolutions (auto: on whenever bf16 autocast is on)")
     p.add_argument("--ir50", help="official ir50.pth to initialise the IR-50 trunk")
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         dataset=dataset, data=args.data, output_dir=args.output_dir or str(Path("runs") / "train" / recipe.name),
         train_split=args.train_split, val_split=args.val_split, val_fraction=args.val_fraction,
         test_split=None if str(args.test_split).lower() == "none" else args.test_split,
-        select_on=args.select_on, device=args.device, precision=args.precision, channels_last=args.channels_last, ir50=args.ir50,
+        select_on=args.select_on, device=args.device, precision=args.precision, channels_last=args.channels_last,
+        compile=args.compile, ir50=args.ir50,
         landmark=args.landmark, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val,
         limit_test=args.limit_test, workers=args.workers, progress=not args.no_progress,
         tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic, cache=args.cache,

@@ -73,6 +73,7 @@ class TrainOptions:
     deterministic: bool = False
     cache: str | None = None  # None: decode per batch; "memory" or a folder: the 112-pixel uint8 cache
     skip_bad: bool = False  # undecodable images: skip and count them (default: stop, naming file and line)
+    compile: bool = False  # torch.compile the training step's model (opt-in; the first step's time is reported)
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
@@ -277,6 +278,9 @@ class Trainer:
                                          self.local_batch, self.device, sampler=self.sampler, generator=self.generator)
         self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type
                                                         == "cuda" else None) if self.dist.enabled else model)
+        # The compiled module shares the parameters; evaluation and checkpoints use the plain model.
+        self.step_model = torch.compile(self.ddp) if o.compile else self.ddp
+        self.compile_seconds: float | None = None
         n_train = sum(p.numel() for p in params)
         self._log("model %s: %.3fM trainable parameters; %s, %s, %d process(es), batch %d (%d per process)",
                   r.arch, n_train / 1e6, self.device, ("bf16 autocast" if self.use_bf16 else "fp32")
@@ -345,7 +349,13 @@ class Trainer:
         """One optimisation step on a normalised batch: (first-pass loss, first-pass logits)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return sam_train_step(self.ddp, self.optimizer, self.loss_fn, x, y, self.use_bf16)
+        if self.opt.compile and self.compile_seconds is None:
+            start = time.perf_counter()
+            out = sam_train_step(self.step_model, self.optimizer, self.loss_fn, x, y, self.use_bf16)
+            self.compile_seconds = time.perf_counter() - start
+            self._log("torch.compile: the first training step took %.1fs (compilation included)", self.compile_seconds)
+            return out
+        return sam_train_step(self.step_model, self.optimizer, self.loss_fn, x, y, self.use_bf16)
 
     def _augment_seed(self, epoch: int) -> int:
         """Seed of the augmentation generator for one epoch on this rank.  Deriving it, instead of
