@@ -208,3 +208,36 @@ def test_concurrent_builders_share_one_file(image_files, tmp_path):
     assert sorted(c.reused for c in caches) == [False, True]
     assert [p.suffix for p in tmp_path.iterdir() if p.suffix != ".json"] == [".npy"]
     assert np.array_equal(np.asarray(caches[0].data), np.asarray(caches[1].data))
+
+
+@pytest.mark.parametrize("order", ["BGR", "RGB"])
+def test_grayscale_training_batches_match_the_grey_eval_transform(image_files, order):
+    """A grayscale recipe turns training images grey too (on the device, after the cache's resize);
+    the evaluation transform greys before its resize, so the two agree to rounding (<= 2 grey levels
+    before normalisation), and every channel carries the same grey."""
+    from poster.train.augment import BatchAugment, to_grey3_uint8
+
+    colour = np.random.default_rng(3).integers(0, 256, (2, 30, 40, 3), dtype=np.uint8)
+    batch = torch.from_numpy(colour).permute(0, 3, 1, 2).contiguous()
+    code = cv2.COLOR_RGB2GRAY if order == "RGB" else cv2.COLOR_BGR2GRAY
+    ref = torch.from_numpy(np.stack([cv2.cvtColor(c, code) for c in colour]))
+    grey = to_grey3_uint8(batch, order)
+    assert (grey[:, 0].int() - ref.int()).abs().max() <= 1 and torch.equal(grey[:, 0], grey[:, 2])
+
+    cache = build_uint8_cache(_records(image_files), order, workers=2)
+    cfg = AugmentConfig(**NO_AUG, channel_order=order, input_order=order, grayscale=True)
+    x = augment_cached(cache.data, range(len(cache)), cfg, train=False)
+    tf = EvalTransform(InputConfig(channel_order=order, grayscale=True))
+    want = torch.stack([tf(load_image(p, order))[:, ::2, ::2] for p in image_files])
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    assert ((x - want) * std * 255).abs().max() <= 2 + 1e-3
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    pixels = (x * std + mean) * 255
+    assert (pixels[:, 0] - pixels[:, 1]).abs().max() < 1e-3
+    trained = augment_cached(cache.data, range(len(cache)), AugmentConfig(channel_order=order, input_order=order,
+                             grayscale=True, erasing_p=0.0), torch.Generator().manual_seed(0))
+    pixels = (trained * std + mean) * 255
+    assert (pixels[:, 0] - pixels[:, 2]).abs().max() < 1e-3
+    aug = BatchAugment(AugmentConfig(channel_order=order, input_order=order, grayscale=True, erasing_p=0.0))
+    pixels = (aug(batch, torch.Generator().manual_seed(0)) * std + mean) * 255
+    assert (pixels[:, 0] - pixels[:, 1]).abs().max() < 1e-3

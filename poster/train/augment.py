@@ -222,6 +222,18 @@ def random_erasing(
 
 
 # --------------------------------------------------------------------------- whole pipeline
+def to_grey3_uint8(images: torch.Tensor, order: str) -> torch.Tensor:
+    """A uint8 batch [B,3,H,W] in ``order`` made grey (3 equal channels) like OpenCV's
+    ``cvtColor(..., COLOR_RGB2GRAY / COLOR_BGR2GRAY)``, which ``InputConfig.grayscale`` uses in the
+    evaluation transform: ITU-R 601 luma in 15-bit fixed point (bit-identical to OpenCV 5.0; other
+    OpenCV builds may round differently by one grey level)."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected a uint8 batch [B,3,H,W], got {images.dtype} {tuple(images.shape)}")
+    r, g, b = (images[:, i].to(torch.int32) for i in ((0, 1, 2) if order == "RGB" else (2, 1, 0)))
+    grey = (r * 9798 + g * 19235 + b * 3735 + 16384) >> 15
+    return grey.to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Settings of the training pipeline flip-or-noise -> hflip -> normalise -> erase."""
@@ -238,6 +250,7 @@ class AugmentConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     input_order: str = "RGB"  # channel order of the images handed in
     channel_order: str = "RGB"  # channel order the model expects
+    grayscale: bool = False  # turn images grey first (recipes for grey datasets; as the eval transform does)
 
     @classmethod
     def from_recipe(cls, recipe: Any, input_order: str = "RGB") -> "AugmentConfig":
@@ -250,6 +263,7 @@ class AugmentConfig:
             erasing_ratio=tuple(getattr(recipe, "erasing_ratio", (0.3, 3.3))),
             input_order=input_order,
             channel_order=recipe.channel_order,
+            grayscale=bool(getattr(recipe, "grayscale", False)),
         )
 
 
@@ -265,7 +279,7 @@ class BatchAugment:
         self, images: torch.Tensor, generator: torch.Generator | None = None, train: bool = True
     ) -> torch.Tensor:
         c = self.config
-        x = images
+        x = to_grey3_uint8(images, c.input_order) if c.grayscale else images
         if train and c.flip_or_noise:
             x = flip_or_noise(x, generator, p=c.flip_or_noise_p, noise_std=c.noise_std)
         if train and c.hflip_p > 0:

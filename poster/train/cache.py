@@ -58,7 +58,7 @@ from PIL import Image
 from ..data import load_image
 from ..errors import PosterError
 from ..meta import IMAGENET_MEAN, IMAGENET_STD
-from .augment import AugmentConfig, _rand, _randn, sample_erasing_boxes
+from .augment import AugmentConfig, _rand, _randn, sample_erasing_boxes, to_grey3_uint8
 
 log = logging.getLogger("poster.train")
 
@@ -342,7 +342,9 @@ def augment_cached(data: torch.Tensor | np.ndarray, indices: torch.Tensor | Sequ
     phases = int(data.shape[1])
     mean, std = _mean_std(config, device)
     if not train:
-        return source.gather(idx, None).to(torch.float32).div(255).sub(mean).div(std)
+        x = source.gather(idx, None)
+        x = to_grey3_uint8(x, config.channel_order) if config.grayscale else x
+        return x.to(torch.float32).div(255).sub(mean).div(std)
 
     fon_flip = torch.zeros(b, dtype=torch.bool, device=device)
     do_noise = torch.zeros(b, dtype=torch.bool, device=device)
@@ -362,6 +364,8 @@ def augment_cached(data: torch.Tensor | np.ndarray, indices: torch.Tensor | Sequ
         raise PosterError("this cache has no odd phase (built with phase=False): horizontal flips need it")
 
     x = source.gather(idx, flip if phases > 1 else None)
+    if config.grayscale:  # per pixel, so it commutes with the flip and the phase gather
+        x = to_grey3_uint8(x, config.channel_order)
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x).to(torch.float32)
     if noise is not None:
         noisy = (x + noise * config.noise_std).clamp_(0.0, 255.0).floor_()  # == the uint8 cast
