@@ -255,7 +255,8 @@ class Recognizer:
     weights, BN folded, channels-last: several times faster on GPUs and on CPUs with bf16
     instructions such as AMX; probabilities within ~1e-2).  ``compile``: ``torch.compile`` the
     model (frozen weights on CPU; the first batch pays the compile time).  Both build the backend
-    with ``poster.accelerate.prepare_inference``.  ``prefetch``: decode/detect in a background thread while the model runs.
+    with ``poster.accelerate.prepare_inference``.  ``prefetch``: decode/detect in a background
+    thread while the model runs.
     """
 
     def __init__(self, checkpoint_or_model: str | os.PathLike | torch.nn.Module | None = None,
