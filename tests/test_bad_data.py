@@ -259,21 +259,23 @@ def stripes_with_bad(tmp_path):
     return root
 
 
-def test_trainer_stops_on_bad_image_before_training(stripes_with_bad, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache", [None, "memory"])  # memory: the check and the cache share one pass
+def test_trainer_stops_on_bad_image_before_training(stripes_with_bad, tmp_path, monkeypatch, cache):
     def no_training(*a, **k):
         raise AssertionError("training started despite a bad image")
 
     monkeypatch.setattr(trainer_mod, "sam_train_step", no_training)
     recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
-    trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run"))
+    trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run", cache=cache))
     with pytest.raises(DatasetError, match=r"empty \(0 bytes\): .*zz broken é\.png.*--skip-bad"):
         trainer.fit()
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
-def test_trainer_skip_bad_logs_count_and_names(stripes_with_bad, tmp_path, caplog):
+@pytest.mark.parametrize("cache", [None, "memory"])
+def test_trainer_skip_bad_logs_count_and_names(stripes_with_bad, tmp_path, caplog, cache):
     recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
-    trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run", skip_bad=True))
+    trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run", skip_bad=True, cache=cache))
     with caplog.at_level(logging.WARNING, logger="poster.train"):
         trainer._build_data()
     assert sum(trainer.skipped_images.values()) == 2 and trainer.skipped_images["test"] == 1
@@ -282,6 +284,9 @@ def test_trainer_skip_bad_logs_count_and_names(stripes_with_bad, tmp_path, caplo
     assert len(every) == 4 * 2 + 2 * 2  # all good images kept
     text = caplog.text
     assert "skipped 1 bad image(s)" in text and "zz broken é.png" in text and "half.jpg" in text
+    if cache:
+        assert len(trainer.cache) == len(trainer.train_records)
+        assert trainer.cache.labels.tolist() == trainer.train_targets
 
 
 def test_trainer_all_images_bad_is_an_error(tmp_path):

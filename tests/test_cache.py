@@ -241,3 +241,27 @@ def test_grayscale_training_batches_match_the_grey_eval_transform(image_files, o
     aug = BatchAugment(AugmentConfig(channel_order=order, input_order=order, grayscale=True, erasing_p=0.0))
     pixels = (aug(batch, torch.Generator().manual_seed(0)) * std + mean) * 255
     assert (pixels[:, 0] - pixels[:, 1]).abs().max() < 1e-3
+
+
+def test_check_and_cache_decodes_each_image_once_and_equals_the_plain_build(image_files, tmp_path, monkeypatch):
+    """--cache memory: the up-front image check and the cache share one decoding pass; the cache
+    equals build_uint8_cache's on the good records, and bad images follow the check's policy."""
+    import poster.train.cache as cache_mod
+    from poster.errors import DatasetError
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    records = _records(image_files)
+    with_bad = records[:2] + [(str(broken), 5)] + records[2:]
+    calls = []
+    real = cache_mod.decode_phases
+    monkeypatch.setattr(cache_mod, "decode_phases", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+
+    cache, good, bad = cache_mod.check_and_cache(with_bad, "RGB", skip_bad=True, workers=2)
+    assert sorted(calls) == sorted(p for p, _ in with_bad)  # every image decoded exactly once
+    assert good == records and [p for p, _ in bad] == [str(broken)]
+    plain = build_uint8_cache(records, "RGB", workers=2)
+    assert np.array_equal(cache.data, plain.data) and np.array_equal(cache.labels, plain.labels)
+    assert cache.key == plain.key and len(cache) == len(records)
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        cache_mod.check_and_cache(with_bad, "RGB", workers=1)

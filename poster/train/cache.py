@@ -67,6 +67,7 @@ __all__ = [
     "UInt8Cache",
     "cache_key",
     "build_uint8_cache",
+    "check_and_cache",
     "decode_phases",
     "erase_mask_112",
     "augment_cached",
@@ -160,6 +161,40 @@ def _fill(out: np.ndarray, records: Sequence[tuple[str, int]], channel_order: st
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(work, range(len(records)), chunksize=16):
             pass
+
+
+def check_and_cache(records: Sequence[tuple[str, int]], channel_order: str, size: int = 224,
+                    skip_bad: bool = False, origins: dict[str, str] | None = None,
+                    workers: int | None = None) -> tuple[UInt8Cache, list[tuple[str, int]], list[tuple[str, str]]]:
+    """The up-front image check and the in-memory cache in ONE decoding pass (instead of two).
+
+    Every image is decoded once by ``poster.data.datasets.check_images`` (same errors, same
+    ``skip_bad`` policy, same file-and-line messages), and each decoded image goes straight into
+    its slot of the cache.  Returns ``(cache, good_records, bad)``; the cache holds the good
+    records, in order, exactly as ``build_uint8_cache(good_records, ...)`` would.
+    """
+    from ..data.datasets import check_images
+
+    if size <= 0 or size % 2:
+        raise ValueError(f"size must be a positive even number, got {size}")
+    records = [(os.fspath(p), int(label)) for p, label in records]
+    slots: dict[str, list[int]] = {}
+    for i, (path, _) in enumerate(records):
+        slots.setdefault(path, []).append(i)
+    data = np.empty((len(records), 2, 3, size // 2, size // 2), dtype=np.uint8)
+
+    def decode_into_slots(path: str) -> None:
+        phases = decode_phases(path, channel_order, size, True)
+        for i in slots[path]:
+            data[i] = phases
+
+    workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    good, bad = check_images(records, skip_bad, origins=origins, workers=workers, decode=decode_into_slots)
+    if bad:  # keep the good slots only (a copy, once)
+        bad_paths = {path for path, _ in bad}
+        data = data[[i for i, (path, _) in enumerate(records) if path not in bad_paths]]
+    labels = np.asarray([label for _, label in good], dtype=np.int64)
+    return UInt8Cache(data, labels, channel_order, size, cache_key(good, channel_order, size, True)), good, bad
 
 
 def _pid_alive(pid: int) -> bool:

@@ -194,7 +194,18 @@ class Trainer:
             self.eval_sets["test"] = _subset(list(test.records), list(test.targets), o.limit_test, r.seed)
         if o.select_on == "test" and "test" not in self.eval_sets:
             raise PosterError("--select-on test needs a test split")
-        records, targets = self._check_images("train", records, origins)
+        self.cache = None
+        if o.cache == "memory":
+            # One decoding pass for both the image check and the cache (issue 4: decode once).
+            from .cache import check_and_cache
+
+            start = time.perf_counter()
+            self.cache, good, bad = check_and_cache(records, r.channel_order, r.input_size, o.skip_bad, origins)
+            records, targets = self._report_check("train", records, good, bad)
+            self._log("uint8 cache of %d images (memory) built in %.1fs, in the same pass as the image check",
+                      len(records), time.perf_counter() - start)
+        else:
+            records, targets = self._check_images("train", records, origins)
         self.train_records, self.train_targets = records, targets
         for split, (recs, _) in list(self.eval_sets.items()):
             recs, tgts = self._check_images(split, recs, origins)
@@ -213,13 +224,11 @@ class Trainer:
             persistent_workers=workers > 0)
         self.workers = workers
         self.augment = BatchAugment(AugmentConfig.from_recipe(r, input_order=r.channel_order))
-        self.cache = None
-        if o.cache:
+        if o.cache and self.cache is None:  # a folder: a memory-mapped file shared by runs and ranks
             from .cache import build_uint8_cache
 
             start = time.perf_counter()
-            self.cache = build_uint8_cache(records, r.channel_order, r.input_size,
-                                           path=None if o.cache == "memory" else o.cache)
+            self.cache = build_uint8_cache(records, r.channel_order, r.input_size, path=o.cache)
             self._log("uint8 cache of %d images (%s) %s in %.1fs", len(records), o.cache,
                       "reused" if self.cache.reused else "built", time.perf_counter() - start)
 
@@ -227,6 +236,10 @@ class Trainer:
         """Decode every image of a split once, before training: stop at the first bad one (naming
         file and line) or, with ``skip_bad``, drop and report them."""
         good, bad = check_images(records, self.opt.skip_bad, origins=origins)
+        return self._report_check(split, records, good, bad)
+
+    def _report_check(self, split: str, records: list, good: list, bad: list) -> tuple[list, list[int]]:
+        """Log skipped images (``skip_bad``), refuse a split left empty, count what was skipped."""
         if bad:
             shown = "; ".join(why for _, why in bad[:3])
             self._log("skipped %d bad image(s) of %d in the %s split (--skip-bad): %s%s", len(bad), len(records),
