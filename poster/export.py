@@ -46,6 +46,7 @@ MIN_OPSET, MAX_OPSET = 13, 20
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+_MAX_META_CHARS = 1 << 20  # a real one is under 2 KB
 META_KEY = "poster.meta"  # ModelMeta.to_dict() as JSON, in ONNX metadata_props / TorchScript extra files
 TORCHSCRIPT_META_FILE = "poster_meta.json"
 
@@ -286,10 +287,12 @@ def meta_from_props(props: dict[str, str], where: str = "") -> ModelMeta:
     if text is None:
         raise PosterError(f"{where}: no '{META_KEY}' metadata: this ONNX file was not written by poster export "
                           "(class names and preprocessing are unknown)")
+    if len(text) > _MAX_META_CHARS:
+        raise PosterError(f"{where}: '{META_KEY}' metadata of {len(text)} characters is not plausible")
     try:
         return ModelMeta.from_dict(json.loads(text))
-    except (ValueError, KeyError, TypeError) as e:
-        raise PosterError(f"{where}: malformed '{META_KEY}' metadata: {e}") from e
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
+        raise PosterError(f"{where}: malformed '{META_KEY}' metadata: {str(e)[:300]}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,11 +8,34 @@ and ``ModelMeta`` record exactly that, and are stored inside our checkpoints.
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Bounds on what metadata may say: it comes from files, and every one of these numbers sizes an
+# allocation (the classifier head, every face resized to input_size squared) before anything else
+# can object.  Generous for any real FER model, tiny next to what a crafted file could ask for.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 1024
+MAX_CLASSES = 1000
+MAX_NAME_LENGTH = 64
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_class_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"class names must be non-empty strings of at most {MAX_NAME_LENGTH} characters, "
+                         f"got {str(name)[:80]!r}")
+    # Control and format characters (ANSI escapes, newlines, bidi overrides) would reach terminals and CSVs.
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise ValueError(f"class name {name!r} contains control characters")
+    return name
 
 
 @dataclass(frozen=True)
@@ -31,16 +54,21 @@ class InputConfig:
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
-        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or self.input_size <= 0:
-            raise ValueError(f"input_size must be a positive int, got {self.input_size!r}")
+        if not _is_int(self.input_size) or not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE:
+            raise ValueError(f"input_size must be an int from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, "
+                             f"got {self.input_size!r}")
         if not isinstance(self.grayscale, bool):
             raise ValueError(f"grayscale must be a bool, got {self.grayscale!r}")
         if not isinstance(self.interpolation, str):
             raise ValueError(f"interpolation must be a string, got {self.interpolation!r}")
         for name in ("mean", "std"):
-            values = tuple(float(v) for v in getattr(self, name))
-            if len(values) != 3:
-                raise ValueError(f"{name} must have 3 values, got {values}")
+            raw = getattr(self, name)
+            if not isinstance(raw, (tuple, list)) or len(raw) != 3 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+                raise ValueError(f"{name} must be 3 numbers, got {str(raw)[:80]}")
+            values = tuple(float(v) for v in raw)
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be finite, got {values}")
             object.__setattr__(self, name, values)
         if any(v <= 0 for v in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
@@ -51,7 +79,7 @@ class InputConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputConfig":
         if not isinstance(d, dict):
-            raise TypeError(f"input config must be a dict, got {type(d).__name__}")
+            raise ValueError(f"input config must be a dict, got {type(d).__name__}")
         known = {k: d[k] for k in ("input_size", "channel_order", "mean", "std", "interpolation", "grayscale") if k in d}
         return cls(**known)
 
@@ -69,7 +97,15 @@ class ModelMeta:
     dataset: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if not _is_int(self.num_classes) or not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must be an int from 1 to {MAX_CLASSES}, got {str(self.num_classes)[:40]}")
+        if not isinstance(self.class_names, (tuple, list)):
+            raise ValueError(f"class_names must be a list of strings, got {type(self.class_names).__name__}")
+        object.__setattr__(self, "class_names", tuple(_check_class_name(c) for c in self.class_names))
+        if not isinstance(self.arch, str) or not self.arch.isidentifier():
+            raise ValueError(f"arch must be an identifier, got {str(self.arch)[:80]!r}")
+        if not isinstance(self.arch_options, dict) or not all(isinstance(k, str) for k in self.arch_options):
+            raise ValueError("arch_options must be a dict with string keys")
         if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names given for a {self.num_classes}-class model"
@@ -85,12 +121,21 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
-        return cls(
-            arch=str(d["arch"]),
-            num_classes=int(d["num_classes"]),
-            class_names=tuple(str(c) for c in d["class_names"]),
-            input=InputConfig.from_dict(d.get("input", {})),
-            arch_options=dict(d.get("arch_options", {})),
-            source=str(d.get("source", "")),
-            dataset=str(d.get("dataset", "")),
-        )
+        """Rebuild from ``to_dict()`` output; any malformed entry is a ``ValueError`` saying which."""
+        if not isinstance(d, dict):
+            raise ValueError(f"model metadata must be a dict, got {type(d).__name__}")
+        missing = [k for k in ("arch", "num_classes", "class_names") if k not in d]
+        if missing:
+            raise ValueError(f"model metadata lacks {missing}")
+        try:
+            return cls(
+                arch=d["arch"],
+                num_classes=d["num_classes"],
+                class_names=d["class_names"],
+                input=InputConfig.from_dict(d.get("input", {})),
+                arch_options=d.get("arch_options", {}),
+                source=str(d.get("source", ""))[:1000],
+                dataset=str(d.get("dataset", ""))[:100],
+            )
+        except (TypeError, OverflowError, RecursionError) as e:
+            raise ValueError(f"malformed model metadata: {e}") from None

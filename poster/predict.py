@@ -325,6 +325,10 @@ class Recognizer:
         if logits.ndim != 2 or logits.shape[0] != batch.shape[0] or logits.shape[1] != len(self.class_names):
             raise PosterError(f"the backend returned logits of shape {tuple(logits.shape)} for a batch of "
                               f"{batch.shape[0]}; expected [{batch.shape[0]}, {len(self.class_names)}]")
+        if not torch.isfinite(logits).all():
+            # Never hand NaN probabilities on (they are not valid JSON and poison every average).
+            raise PosterError(f"the model ({self.checkpoint}) produced NaN or infinite outputs; "
+                              "its weights are broken or it does not fit this input")
         return torch.softmax(logits, dim=1).double().numpy()
 
     # -- preprocessing ---------------------------------------------------------------------------

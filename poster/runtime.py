@@ -6,6 +6,13 @@ tensor (any device) or a numpy array; the result is a float32 CPU torch tensor [
 backend has ``.meta`` (``ModelMeta``), ``.runtime`` and ``.device``.
 
 ``load_backend(path, runtime="onnx")`` returns ``(backend, meta)`` for any of them.
+
+Security: a checkpoint is data and is only ever read by the safe loader. A TorchScript file is a
+*program* (its code runs when it is loaded and on every call, and can read and write files), so it
+is never chosen automatically: it runs only when asked for by name (``runtime="torchscript"``,
+``--runtime torchscript``, or :class:`TorchScriptBackend` itself); trust it as you would a script.
+An ONNX file whose weights live in *external* files names paths that onnxruntime would open; such
+files are refused unless ``allow_external_data=True``.
 """
 
 from __future__ import annotations
@@ -13,9 +20,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,12 +67,14 @@ class OnnxBackend:
         spinning: let idle onnxruntime worker threads busy-wait for work (onnxruntime's default).
             Off by default: on a shared or small CPU, and in a process that also runs PyTorch (whose
             OpenMP threads spin too), spinning threads steal the cores the other threads need.
+        allow_external_data: accept a file whose weights are stored in external files (it names
+            paths that onnxruntime opens); off by default, ``poster export`` never writes such files.
     """
 
     runtime = "onnx"
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[Any] | None = None, threads: int | None = None,
-                 optimization: str = "all", spinning: bool = False):
+                 optimization: str = "all", spinning: bool = False, allow_external_data: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -86,6 +94,8 @@ class OnnxBackend:
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if not allow_external_data:
+            _refuse_external_data(self.path)
         providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
@@ -117,6 +127,39 @@ class OnnxBackend:
         return f"OnnxBackend({str(self.path)!r}, providers={self.providers})"
 
 
+def _refuse_external_data(path: Path) -> None:
+    """Refuse ONNX files whose tensors point at other files (read without loading those files)."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise PosterError("checking ONNX files needs the onnx package: pip install 'poster-fer[onnx]'") from e
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise PosterError(f"{path}: not a readable ONNX file: {str(e)[:300]}") from None
+    external = [t.name for t in _onnx_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise PosterError(f"{path}: {len(external)} tensor(s) are stored in external files (e.g. {external[0]!r}); "
+                          "refused: such a file makes onnxruntime open paths it names. Pass "
+                          "allow_external_data=True only for a file you trust")
+
+
+def _onnx_tensors(proto) -> Iterator[Any]:
+    """Every initializer and constant tensor of the model, subgraphs included."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
 class TorchBackend:
     """An eager PyTorch model (``model.meta`` required unless ``meta`` is given), run under inference mode."""
 
@@ -139,7 +182,12 @@ class TorchBackend:
 
 
 class TorchScriptBackend:
-    """A file written by ``export_torchscript`` (``torch.jit.load``), metadata from its extra files."""
+    """A file written by ``export_torchscript`` (``torch.jit.load``), metadata from its extra files.
+
+    A TorchScript file is a program: its code runs at load and at every call, with the rights of
+    this process. Construct this only for files you trust like code; nothing in poster picks it on
+    its own (``detect_runtime`` never answers ``torchscript``).
+    """
 
     runtime = "torchscript"
 
@@ -173,23 +221,13 @@ class TorchScriptBackend:
         return f"TorchScriptBackend({str(self.path)!r}, device={self.device})"
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    """TorchScript archives are zips with ``<name>/code/`` and ``constants.pkl``; torch.save ones are not."""
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
-
-
 def detect_runtime(path: str | os.PathLike) -> str:
-    """``onnx`` for ``*.onnx``, ``torchscript`` for a TorchScript archive, else ``torch`` (a checkpoint)."""
-    p = Path(path)
-    if p.suffix.lower() == ".onnx":
-        return "onnx"
-    if _is_torchscript_archive(p):
-        return "torchscript"
-    return "torch"
+    """``onnx`` for ``*.onnx``, else ``torch`` (a checkpoint, read by the safe loader).
+
+    Never ``torchscript``: a TorchScript file is code and runs only when asked for by name. A
+    TorchScript file given as a checkpoint is refused by the safe loader, which says so.
+    """
+    return "onnx" if Path(path).suffix.lower() == ".onnx" else "torch"
 
 
 def onnx_providers(device: str | torch.device) -> list[str]:

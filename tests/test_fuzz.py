@@ -146,9 +146,11 @@ _metas = st.builds(
         arch=arch, num_classes=len(names), class_names=tuple(names),
         input=InputConfig(input_size=size, channel_order=order, mean=mean, std=std, interpolation=interp),
         arch_options=opts, source=source, dataset=dataset),
-    st.text(min_size=1, max_size=20),
-    st.lists(st.text(max_size=12), min_size=1, max_size=10),
-    st.integers(1, 1024),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,19}", fullmatch=True),  # metadata names an identifier
+    # printable class names (control characters are refused, see test_hostile_files.py)
+    st.lists(st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zl", "Zp")), min_size=1, max_size=12)
+             .filter(str.strip), min_size=1, max_size=10),
+    st.integers(16, 1024),
     st.sampled_from(["RGB", "BGR"]),
     st.tuples(_floats, _floats, _floats),
     st.tuples(*[st.floats(0.125, 10, width=32)] * 3),  # std must be positive

@@ -71,8 +71,8 @@ def read_weight_file(path: str | os.PathLike, map_location: Any = "cpu") -> Weig
                                   f"(this version reads <= {FORMAT_VERSION}); upgrade poster-fer")
         try:
             meta = ModelMeta.from_dict(obj["meta"])
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise CheckpointError(f"{path}: damaged metadata in poster checkpoint: {e}") from None
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as e:
+            raise CheckpointError(f"{path}: damaged metadata in poster checkpoint: {str(e)[:300]}") from None
         info = {k: v for k, v in obj.items() if k not in ("format", "format_version", "meta", "state_dict")}
         return WeightFile(path, "poster", _tensor_dict(obj.get("state_dict"), path, "'state_dict'"), meta, info)
     if isinstance(obj, Mapping) and "model_state_dict" in obj:

@@ -17,8 +17,8 @@ from torch import nn
 
 from ..data.labels import DATASET_CLASSES
 from ..errors import CheckpointError
-from ..meta import InputConfig, ModelMeta
-from ..models import create_model
+from ..meta import MAX_CLASSES, InputConfig, ModelMeta
+from ..models import create_model, list_models
 from ..models.poster_v1 import DEPTHS
 from .formats import WeightFile, read_weight_file
 
@@ -101,10 +101,61 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     if missing or unexpected or shapes:
         raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: "
                               + _mismatch_report(missing, unexpected, shapes))
+    refuse_non_finite(state_dict, source)
     for k in own:
         if k.endswith("relative_position_index") and k in state_dict and not torch.equal(state_dict[k].cpu(), own[k].cpu()):
             raise CheckpointError(f"{source}: {k} differs from the standard relative-position index")
     model.load_state_dict({k: v for k, v in state_dict.items()}, strict=False)
+
+
+def refuse_non_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """A NaN or infinite weight makes every prediction NaN: refuse the file, saying how many."""
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state_dict.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        worst = ", ".join(f"{k} ({n})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1])[:5])
+        raise CheckpointError(f"{source}: {sum(bad.values())} weights are NaN or infinite, in {len(bad)} "
+                              f"tensor(s): {worst}")
+
+
+def _head_rows(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    for key in ("VIT.head.linear.weight", "head.linear.weight"):
+        if key in state_dict and state_dict[key].dim() == 2:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+_OPTION_TYPES = {"token_mixing": bool, "drop_path_rate": float}
+
+
+def _arch_from_meta(wf: WeightFile) -> tuple[str, dict[str, Any]]:
+    """(arch, options) that the file's metadata names, checked against the registry and the weights.
+
+    Done before any model is built: the metadata sizes the classifier head, so a class count that
+    the weights do not back (or an unknown option) must be refused before it is allocated.
+    """
+    meta = wf.meta
+    if meta.arch not in list_models():
+        raise CheckpointError(f"{wf.path}: metadata names an unknown architecture {meta.arch!r} "
+                              f"(known: {', '.join(list_models())})")
+    is_v2_weights = "VIT.head.linear.weight" in wf.state_dict
+    if is_v2_weights != meta.arch.startswith("poster_v2"):
+        raise CheckpointError(f"{wf.path}: metadata says {meta.arch} but the weights are "
+                              f"POSTER {'V2' if is_v2_weights else 'V1'} weights")
+    rows = _head_rows(wf.state_dict)
+    if rows != meta.num_classes:
+        raise CheckpointError(f"{wf.path}: metadata says {meta.num_classes} classes but the classifier weights "
+                              f"have {rows if rows is not None else 'no'} rows")
+    options = dict(meta.arch_options)
+    for name, value in options.items():
+        wanted = _OPTION_TYPES.get(name)
+        if wanted is None:
+            raise CheckpointError(f"{wf.path}: metadata gives {meta.arch} an unknown option {name!r}")
+        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+            value = options[name] = float(value)
+        if not isinstance(value, wanted) or (wanted is float and not 0.0 <= value < 1.0):
+            raise CheckpointError(f"{wf.path}: metadata option {name}={str(value)[:40]!r} is not valid")
+    return meta.arch, {"num_classes": meta.num_classes, **options}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,14 +169,11 @@ def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
                               "give it to training as --landmark")
     if wf.meta is not None:
         meta = wf.meta
-        arch, options = meta.arch, {"num_classes": meta.num_classes, **meta.arch_options}
-        # The checked load below catches any mismatch; this only gives a clearer message for V1/V2 mix-ups.
-        is_v2_weights = "VIT.head.linear.weight" in wf.state_dict
-        if is_v2_weights != arch.startswith("poster_v2"):
-            raise CheckpointError(f"{wf.path}: metadata says {arch} but the weights are "
-                                  f"POSTER {'V2' if is_v2_weights else 'V1'} weights")
+        arch, options = _arch_from_meta(wf)
     else:
         arch, options = infer_architecture(wf.state_dict, wf.path)
+        if not 1 <= options["num_classes"] <= MAX_CLASSES:
+            raise CheckpointError(f"{wf.path}: a classifier with {options['num_classes']} classes is not supported")
         meta = release_meta(arch, options, dataset, Path(wf.path).name)
     if channel_order is not None:
         meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "channel_order": channel_order}})
