@@ -12,7 +12,7 @@ torchvision and timm fetch their weights:
 * the SHA-256 of what was fetched is written beside it (``<file>.sha256``, ``sha256sum`` format)
   and checked on every later use; the authors publish no hashes, so the first download is
   trusted as served (compare it with a hash you obtained yourself: ``poster weights list``);
-* a file lock (``<file>.lock``) makes a second process wait for the first instead of fetching
+* a file lock (``.locks/<file>.lock`` in the cache) makes a second process wait for the first instead of fetching
   the same file twice;
 * ``POSTER_OFFLINE=1`` (``poster --offline``) forbids any network access; the error then names the
   release, its URL and the exact path to save a hand download as.
@@ -97,20 +97,22 @@ def download_release(release: Release, *, progress: bool = True) -> Path:
     return target
 
 
-def verify_file(path: Path, release: Release) -> None:
-    """Refuse a file that is not this release's weights: HTML, unreadable/truncated, wrong keys."""
+def verify_file(path: Path, release: Release, *, fresh: bool = True) -> None:
+    """Refuse a file that is not this release's weights: HTML, unreadable/truncated, wrong keys.
+    ``fresh``: a download about to be deleted on failure (the message says so)."""
     from .checkpoint.formats import read_weight_file
 
-    _refuse_html(path, release)
+    what, fate = ("the downloaded file", "; deleted") if fresh else (str(path), "")
+    _refuse_html(path, release, what, fate)
     try:
         wf = read_weight_file(path)
     except CheckpointError as e:
-        raise CheckpointError(f"{release.name}: the downloaded file is not a readable checkpoint, "
-                              f"truncated or damaged; deleted ({e})") from None
+        raise CheckpointError(f"{release.name}: {what} is not a readable checkpoint, truncated or damaged"
+                              f"{fate} ({e})") from None
     try:
         _check_fits(wf, release)
     except CheckpointError as e:
-        raise CheckpointError(f"{release.name}: the downloaded file holds other weights; deleted ({e})") from None
+        raise CheckpointError(f"{release.name}: {what} holds other weights{fate} ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,19 +233,19 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def _refuse_html(path: Path, release: Release) -> None:
+def _refuse_html(path: Path, release: Release, what: str, fate: str) -> None:
     with open(path, "rb") as f:
         head = f.read(4096)
     if not head:
-        raise CheckpointError(f"{release.name}: the downloaded file is empty; deleted")
+        raise CheckpointError(f"{release.name}: {what} is empty{fate}")
     start = head.lstrip().lower()
     if start.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")):
         title = re.search(rb"<title[^>]*>(.*?)</title>", head, re.I | re.S)
-        what = f" ('{' '.join(title.group(1).decode('utf-8', 'replace').split())[:120]}')" if title else ""
+        shown = f" ('{' '.join(title.group(1).decode('utf-8', 'replace').split())[:120]}')" if title else ""
         raise CheckpointError(
-            f"{release.name}: the server sent an HTML page{what} instead of the weights (Google Drive does this "
-            f"when the file's download quota is exceeded or it is not shared); deleted. Try later, or download "
-            f"{_hand_download_hint(release)}")
+            f"{release.name}: {what} is an HTML page{shown}, not the weights: the server sent an HTML page "
+            f"(Google Drive does this when the file's download quota is exceeded or it is not shared){fate}. "
+            f"Try later, or download {_hand_download_hint(release)}")
 
 
 def _check_fits(wf, release: Release) -> None:
@@ -274,14 +276,17 @@ class _BackboneHolder:
 
 @contextlib.contextmanager
 def _exclusive_lock(target: Path) -> Iterator[None]:
-    """Hold ``<target>.lock`` (flock): a second process fetching the same file waits here.  The
-    lock file itself is never deleted (deleting it would let two processes lock different files)."""
+    """Hold ``.locks/<target>.lock`` (flock): a second process fetching the same file waits here.
+    Lock files are never deleted (that would let two processes lock different files); they live in
+    a folder of their own so that the cache holds nothing but weights and their hashes."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; concurrent fetches then each write their own staging file
         yield
         return
-    with open(target.with_name(target.name + ".lock"), "a+b") as handle:
+    locks = target.parent / ".locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{target.name}.lock", "a+b") as handle:
         if not _try_lock(fcntl, handle):
             print(f"poster: waiting for another process fetching {target.name}", file=sys.stderr)
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
