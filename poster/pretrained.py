@@ -73,6 +73,7 @@ class Release:
     input_size: int = 224
     paper: str = ""
     terms: str = ""  # code licence and the weights' own terms, as the authors state them
+    terms_summary: str = ""  # the same in a few words (README table)
     provenance: str = ""  # who trained the weights on what, and how they reach us
     class_order_source: str = ""
     other_file_names: tuple[str, ...] = field(default=())  # other names the same file has been seen under
@@ -100,14 +101,16 @@ def _v1(dataset: str, file_name: str, folder_names: tuple[str, ...], classes, ac
     return Release(
         f"poster_v1_large.{dataset}", "model", file_name, Source("gdrive_folder", V1_CHECKPOINT_FOLDER, V1_CODE),
         dataset, accuracy, "poster_v1_large", (("token_mixing", token_mixing),), classes, channel_order,
-        paper=V1_PAPER, terms=V1_TERMS, class_order_source=order_source, other_file_names=folder_names,
+        paper=V1_PAPER, terms=V1_TERMS, terms_summary="code Apache-2.0; weights: not stated",
+        class_order_source=order_source, other_file_names=folder_names,
         provenance="trained by the POSTER V1 authors; file from their checkpoints folder on Google Drive")
 
 
 def _v2(dataset: str, file_name: str, drive_id: str, classes, accuracy: float, order_source: str) -> Release:
     return Release(
         f"poster_v2.{dataset}", "model", file_name, Source("gdrive_file", drive_id, V2_CODE), dataset, accuracy,
-        "poster_v2", (), classes, "RGB", paper=V2_PAPER, terms=V2_TERMS, class_order_source=order_source,
+        "poster_v2", (), classes, "RGB", paper=V2_PAPER, terms=V2_TERMS,
+        terms_summary="code MIT; weights: not stated", class_order_source=order_source,
         provenance="trained by the POSTER V2 authors; file linked from their README on Google Drive")
 
 
@@ -135,10 +138,12 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
             "ms1m", paper="IR-50 (ArcFace, Deng et al.) as given by the POSTER authors",
             terms="weights: terms not stated by the POSTER authors (a face-recognition IR-50, presumably "
                   "face.evoLVe's, trained on MS-Celeb-1M, a withdrawn research data set)",
+            terms_summary="weights: not stated (trained on MS-Celeb-1M)",
             provenance="the IR-50 the POSTER authors give in their pretrained folder (V1) and README (V2)"),
     Release("mobilefacenet68", "landmark", "mobilefacenet_model_best.pth.tar",
             Source("gdrive_file", "1SMYP5NDkmDE3eLlciN7Z4px-bvFEuHEX", V2_CODE), "300w",
             paper="68-point MobileFaceNet landmark net, cunjian/pytorch_face_landmark", terms=LANDMARK_TERMS,
+            terms_summary="no licence stated; 300W/Menpo data: research use only",
             provenance="trained by cunjian/pytorch_face_landmark on 300W/Menpo; redistributed by the POSTER "
                        "authors in their pretrained folder; not trained by them"),
 )}
@@ -151,6 +156,7 @@ BUNDLED = Release(
     FER2013_CLASSES, "RGB", paper="this project (docs/results.md; 56.8 is FER2013 PublicTest, not a paper figure)",
     terms="trained weights MIT (this project); the embedded 68-point landmark weights: " + LANDMARK_TERMS
           + "; FER2013 is research data: the bundled model is for research use",
+    terms_summary="MIT, but embeds research-only landmark weights and FER2013: research use only",
     provenance="trained here with poster train on FER2013; its landmark net is cunjian/pytorch_face_landmark's "
                "68-point MobileFaceNet, rebuilt from that repository's OpenVINO export (the file the POSTER "
                "authors redistribute, not theirs)",
