@@ -175,3 +175,26 @@ def test_cli_offline_is_one_line_and_nonzero(cache, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: poster_v2.rafdb"), result.stderr
     assert RELEASES["poster_v2.rafdb"].source.url in lines[0] and str(cache / "raf-db-model_best.pth") in lines[0]
     assert cache_files(cache) == []
+
+
+def test_weights_command_download_path_list_verify(cache, drive, landmark_bytes, capsys):
+    from poster.cli import main
+
+    drive.add_file(LANDMARK.source.id, "direct", LANDMARK.file_name, landmark_bytes)
+    assert main(["weights", "download", "mobilefacenet68"]) == 0
+    path = cache / LANDMARK.file_name
+    capsys.readouterr()
+    assert main(["weights", "path", "mobilefacenet68"]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.strip().startswith("mobilefacenet68"))
+    assert "present 4." in line and hashlib.sha256(landmark_bytes).hexdigest() in out
+    assert "cunjian/pytorch_face_landmark" in out and "research use" in out
+    assert main(["weights", "verify"]) == 0
+    assert "ok     mobilefacenet68" in capsys.readouterr().out
+    path.write_bytes(landmark_bytes[:1000])  # changed behind our back
+    assert main(["weights", "verify"]) == 1
+    out, err = capsys.readouterr()
+    assert "FAILED mobilefacenet68" in out and "has changed since it was fetched" in out
+    assert err.strip() == "error: 1 of 1 release files failed verification (listed above)"
