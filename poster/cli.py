@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 
@@ -17,10 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poster", description="POSTER / POSTER V2 facial expression recognition")
     parser.add_argument("--version", action="version", version=f"poster-fer {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--offline", action="store_true", help="no network: never fetch weights (= POSTER_OFFLINE=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (test, models):
         module.add_parser(sub)
-    for name in ("train", "predict", "export", "benchmark"):
+    for name in ("train", "predict", "export", "benchmark", "weights"):
         _maybe_add(sub, name)
     return parser
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    if args.offline:
+        os.environ["POSTER_OFFLINE"] = "1"
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -183,19 +183,42 @@ def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
     return model
 
 
+def model_from_release(wf: WeightFile, release, channel_order: str | None = None) -> nn.Module:
+    """A model built from a release record: its metadata is the record's, never guessed from keys;
+    a file of another architecture under the release's name fails the strict check."""
+    if wf.kind == "landmark":
+        raise CheckpointError(f"{wf.path}: this is the MobileFaceNet landmark backbone, not {release.name}")
+    meta = release.meta()
+    if channel_order is not None:
+        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "channel_order": channel_order}})
+    model = create_model(meta.arch, num_classes=meta.num_classes, **meta.arch_options)
+    load_state_dict_checked(model, wf.state_dict, f"{wf.path} ({release.name})")
+    model.meta = meta
+    return model
+
+
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu", *,
                dataset: str | None = None, channel_order: str | None = None) -> nn.Module:
-    """A ready model in eval mode from any supported file (or a release name found locally).
+    """A ready model in eval mode from any supported file or a release name.
 
     The returned model carries ``model.meta`` (a ``ModelMeta``): class names, channel order,
-    normalisation and input size to use with these weights.  ``dataset`` names the class order
-    of an official file when its keys cannot tell (7-class V2: RAF-DB or AffectNet-7).
+    normalisation and input size to use with these weights.  A release name
+    (``"poster_v2.rafdb"``) takes all of it from the release record and fetches the authors' file
+    on first use (``poster.pretrained``, ``poster.hub``).  For an anonymous file, ``dataset`` names
+    the class order when its keys cannot tell (7-class V2: RAF-DB or AffectNet-7).
     """
-    from ..pretrained import resolve_weights  # local import: pretrained imports this module
+    from ..pretrained import RELEASES, resolve_weights  # local import: pretrained imports this module
 
     path = resolve_weights(path_or_name)
+    release = RELEASES.get(str(path_or_name)) if not Path(path_or_name).is_file() else None
+    if release is not None and dataset is not None and dataset != release.dataset:
+        raise CheckpointError(f"{release.name} is a {release.dataset} model; dataset={dataset!r} does not apply "
+                              "(a release's class order comes from its record)")
     wf = read_weight_file(path, map_location="cpu")
-    model = model_from_weight_file(wf, dataset=dataset, channel_order=channel_order)
+    if release is not None:
+        model = model_from_release(wf, release, channel_order=channel_order)
+    else:
+        model = model_from_weight_file(wf, dataset=dataset, channel_order=channel_order)
     return model.to(device).eval()
 
 

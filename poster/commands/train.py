@@ -40,8 +40,10 @@ def add_parser(subparsers) -> None:
                    help="torch.compile the training step (opt-in: compilation takes minutes; its time is logged)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="NHWC convolutions (auto: on whenever bf16 autocast is on)")
-    p.add_argument("--ir50", help="official ir50.pth to initialise the IR-50 trunk")
-    p.add_argument("--landmark", help="official mobilefacenet_model_best.pth.tar for the landmark net")
+    p.add_argument("--ir50", help="official ir50.pth to initialise the IR-50 trunk ('auto': the release 'ir50', "
+                                  "fetched on first use)")
+    p.add_argument("--landmark", help="official mobilefacenet_model_best.pth.tar for the landmark net ('auto': "
+                                      "the release 'mobilefacenet68', fetched on first use)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pth")
     p.add_argument("--limit-train", type=int, help="use a stratified subset of this many training images")
     p.add_argument("--limit-val", type=int)
@@ -58,6 +60,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tensorboard", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
+
+
+def _backbone_file(value: str | None, release_name: str) -> str | None:
+    """``auto``: the official backbone release (fetched on first use); anything else as given."""
+    if value != "auto":
+        return value
+    from ..pretrained import resolve_weights
+
+    return str(resolve_weights(release_name))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
         train_split=args.train_split, val_split=args.val_split, val_fraction=args.val_fraction,
         test_split=None if str(args.test_split).lower() == "none" else args.test_split,
         select_on=args.select_on, device=args.device, precision=args.precision, channels_last=args.channels_last,
-        compile=args.compile, ir50=args.ir50,
-        landmark=args.landmark, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val,
+        compile=args.compile, ir50=_backbone_file(args.ir50, "ir50"),
+        landmark=_backbone_file(args.landmark, "mobilefacenet68"), resume=args.resume,
+        limit_train=args.limit_train, limit_val=args.limit_val,
         limit_test=args.limit_test, workers=args.workers, progress=not args.no_progress,
         tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic, cache=args.cache,
         skip_bad=args.skip_bad)

@@ -11,6 +11,8 @@ AFFECTNET7_CLASSES = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Di
 AFFECTNET8_CLASSES = AFFECTNET7_CLASSES + ("Contempt",)
 # Kaggle FER2013 folder names, sorted (the folder-layout class order).
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+# CAER-S class folder names (Lee et al., ICCV 2019), sorted as POSTER V2's ImageFolder sorts them.
+CAERS_CLASSES = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
 
 _ABBREVIATIONS = {
     "surprise": "SU", "fear": "FE", "disgust": "DI", "happiness": "HA", "happy": "HA",
@@ -22,6 +24,7 @@ DATASET_CLASSES = {
     "affectnet7": AFFECTNET7_CLASSES,
     "affectnet8": AFFECTNET8_CLASSES,
     "fer2013": FER2013_CLASSES,
+    "caers": CAERS_CLASSES,
 }
 
 # Plot titles of the original test scripts.

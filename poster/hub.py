@@ -1,0 +1,343 @@
+"""Fetching the official weights on first use: download, verify, record, lock.
+
+``ensure_release(release)`` returns the local file of a release, downloading the authors' file into
+``$POSTER_WEIGHTS`` (default ``~/.cache/poster/weights``) when it is not there yet, the way
+torchvision and timm fetch their weights:
+
+* the download goes through gdown (Google Drive's large-file confirmation page and folder listing)
+  into a staging file beside the target, with a progress bar; gdown retries a cut connection
+  with a ranged request, and a download killed outright is resumed by the next call;
+* before it is kept, the file is checked: an HTML page (Drive's quota or permission pages), a
+  truncated file or weights of another architecture are deleted and the error says which;
+* the SHA-256 of what was fetched is written beside it (``<file>.sha256``, ``sha256sum`` format)
+  and checked on every later use; the authors publish no hashes, so the first download is
+  trusted as served (compare it with a hash you obtained yourself: ``poster weights list``);
+* a file lock (``.locks/<file>.lock`` in the cache) makes a second process wait for the first instead of fetching
+  the same file twice;
+* ``POSTER_OFFLINE=1`` (``poster --offline``) forbids any network access; the error then names the
+  release, its URL and the exact path to save a hand download as.
+
+``POSTER_GDRIVE_ORIGIN`` (tests only) sends every Google Drive request to a loopback HTTP server
+that plays the part of Google Drive; it refuses any host but the loopback interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+from .errors import CheckpointError
+from .fileio import atomic_write_text
+from .pretrained import Release, local_release_file, release_path, weights_dir
+
+log = logging.getLogger(__name__)
+
+_GOOGLE_HOSTS = ("https://drive.google.com", "https://drive.usercontent.google.com", "https://docs.google.com")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class WeightsUnavailable(CheckpointError):
+    """A release's file is not here and could not (or may not) be downloaded."""
+
+
+def is_offline() -> bool:
+    return os.environ.get("POSTER_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def ensure_release(release: Release, *, fetch: bool = True, progress: bool = True) -> Path:
+    """The release's local file, fetched first when missing; its recorded hash is checked."""
+    local = local_release_file(release)
+    if local is not None:
+        check_recorded_hash(local, release)
+        return local
+    if not fetch or is_offline():
+        why = "offline (POSTER_OFFLINE=1 or --offline)" if is_offline() else "fetching is turned off"
+        raise WeightsUnavailable(f"{release.name}: not in {weights_dir()} and {why}; download "
+                                 f"{_hand_download_hint(release)}")
+    return download_release(release, progress=progress)
+
+
+def download_release(release: Release, *, progress: bool = True) -> Path:
+    """Fetch, verify and keep the release's file (once, even with several processes at it)."""
+    if is_offline():
+        raise WeightsUnavailable(f"{release.name}: downloading is forbidden offline (POSTER_OFFLINE=1 or "
+                                 f"--offline); download {_hand_download_hint(release)}")
+    target = release_path(release)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(target):
+        if target.is_file():  # another process fetched it while this one waited for the lock
+            check_recorded_hash(target, release)
+            return target
+        staging = target.with_name(target.name + ".incoming")
+        try:
+            log.info("fetching %s (the authors' %s) from %s into %s", release.name, release.file_name,
+                     release.source.url, target)
+            _fetch(release, staging, progress)
+            verify_file(staging, release)
+            digest = sha256_of(staging)
+            os.replace(staging, target)
+            record_hash(target, digest)
+        except KeyboardInterrupt:
+            raise  # gdown's partial file stays, so the next call resumes the transfer
+        except BaseException:
+            _remove_partials(target)
+            raise
+    log.info("%s: kept %s (sha256 %s, recorded in %s)", release.name, target, digest, hash_file(target).name)
+    return target
+
+
+def verify_file(path: Path, release: Release, *, fresh: bool = True) -> None:
+    """Refuse a file that is not this release's weights: HTML, unreadable/truncated, wrong keys.
+    ``fresh``: a download about to be deleted on failure (the message says so)."""
+    from .checkpoint.formats import read_weight_file
+
+    what, fate = ("the downloaded file", "; deleted") if fresh else (str(path), "")
+    _refuse_html(path, release, what, fate)
+    try:
+        wf = read_weight_file(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{release.name}: {what} is not a readable checkpoint, truncated or damaged"
+                              f"{fate} ({e})") from None
+    try:
+        _check_fits(wf, release)
+    except CheckpointError as e:
+        raise CheckpointError(f"{release.name}: {what} holds other weights{fate} ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashes
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def record_hash(path: Path, digest: str) -> None:
+    atomic_write_text(hash_file(path), f"{digest}  {path.name}\n")  # the format of sha256sum -c
+
+
+def recorded_hash(path: Path) -> str | None:
+    sidecar = hash_file(path)
+    if not sidecar.is_file():
+        return None
+    text = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    return text[0].lower() if text and re.fullmatch(r"[0-9a-fA-F]{64}", text[0]) else ""
+
+
+def check_recorded_hash(path: Path, release: Release) -> str:
+    """The file's SHA-256, which must equal the one recorded when it was fetched.  A file put into
+    the cache by hand has none yet: its hash is recorded now (trusted as given)."""
+    digest = sha256_of(path)
+    recorded = recorded_hash(path)
+    if recorded is None:
+        if path.parent.resolve() == weights_dir().resolve():
+            record_hash(path, digest)
+            log.info("%s: recorded sha256 %s of %s (placed by hand; trusted as given)", release.name, digest, path)
+        return digest
+    if recorded != digest:
+        raise CheckpointError(
+            f"{release.name}: {path} has changed since it was fetched (sha256 {digest}, recorded "
+            f"{recorded or 'unreadable'} in {hash_file(path)}); delete both files to fetch it again")
+    return digest
+
+
+# ---------------------------------------------------------------------------------------------
+# Download
+
+
+def _hand_download_hint(release: Release) -> str:
+    where = release.source.url
+    if release.source.kind == "gdrive_folder":
+        where += f" (the file {release.file_name} in that folder)"
+    return f"{where} by hand and save it as {release_path(release)}"
+
+
+def _timeout() -> tuple[float, float]:
+    """(connect, read) seconds: a stalled server is given up on instead of hanging forever."""
+    read = float(os.environ.get("POSTER_DOWNLOAD_TIMEOUT", "60"))
+    return (min(15.0, read), read)
+
+
+def _retries() -> int:
+    return int(os.environ.get("POSTER_DOWNLOAD_RETRIES", "3"))
+
+
+def _fetch(release: Release, staging: Path, progress: bool) -> None:
+    import gdown
+    import requests
+
+    url = release.source.url
+    try:
+        with _google_routing():
+            file_id = release.source.id
+            if release.source.kind == "gdrive_folder":
+                file_id = _find_in_folder(release)
+            elif release.source.kind != "gdrive_file":
+                raise CheckpointError(f"{release.name}: has no download source")
+            gdown.download(f"https://drive.google.com/uc?id={file_id}", str(staging), quiet=not progress,
+                           use_cookies=False, resume=True, timeout=_timeout(), retries=_retries())
+    except (gdown.exceptions.FileURLRetrievalError, gdown.exceptions.DownloadError,
+            requests.exceptions.RequestException, OSError) as e:
+        raise WeightsUnavailable(f"{release.name}: could not download {url}: {_one_line(e)}; with no network, "
+                                 f"download {_hand_download_hint(release)}") from None
+    if not staging.is_file():
+        raise WeightsUnavailable(f"{release.name}: the download from {url} produced no file")
+
+
+def _find_in_folder(release: Release) -> str:
+    """The Drive id of the release's file, from a listing of the authors' Drive folder."""
+    import gdown
+
+    listing = gdown.download_folder(id=release.source.id, skip_download=True, quiet=True, use_cookies=False,
+                                    timeout=_timeout())
+    by_name = {Path(entry.path).name: entry.id for entry in listing or []}
+    for name in release.file_names:
+        if name in by_name:
+            return by_name[name]
+    raise WeightsUnavailable(f"{release.name}: none of {list(release.file_names)} is in the folder "
+                             f"{release.source.url} (it holds {sorted(by_name)})")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _remove_partials(target: Path) -> None:
+    """The staging file and gdown's ``.part`` files of this target: nothing half-fetched is left."""
+    for leftover in target.parent.glob(f"{glob_escape(target.name)}.incoming*"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _refuse_html(path: Path, release: Release, what: str, fate: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        raise CheckpointError(f"{release.name}: {what} is empty{fate}")
+    start = head.lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")):
+        title = re.search(rb"<title[^>]*>(.*?)</title>", head, re.I | re.S)
+        shown = f" ('{' '.join(title.group(1).decode('utf-8', 'replace').split())[:120]}')" if title else ""
+        raise CheckpointError(
+            f"{release.name}: {what} is an HTML page{shown}, not the weights: the server sent an HTML page "
+            f"(Google Drive does this when the file's download quota is exceeded or it is not shared){fate}. "
+            f"Try later, or download {_hand_download_hint(release)}")
+
+
+def _check_fits(wf, release: Release) -> None:
+    """The strict key/shape check of the model (or backbone) the release is for."""
+    from .checkpoint.loading import load_backbone_weights, load_state_dict_checked
+    from .models import create_model
+
+    if release.kind == "model":
+        if wf.kind == "landmark":
+            raise CheckpointError(f"{wf.path}: a MobileFaceNet landmark file, not a {release.arch} model")
+        model = create_model(release.arch, num_classes=release.num_classes, **dict(release.arch_options))
+        load_state_dict_checked(model, wf.state_dict, Path(wf.path).name)
+    elif release.kind in ("ir50", "landmark"):
+        holder = _BackboneHolder(split_stages=not any(k.startswith("body.") for k in wf.state_dict))
+        load_backbone_weights(holder, **{release.kind: wf.path})
+
+
+class _BackboneHolder:
+    """Just the two backbones POSTER is initialised from, for checking a backbone file."""
+
+    def __init__(self, split_stages: bool):
+        from .models.irse import IR50Trunk
+        from .models.mobilefacenet import MobileFaceNet
+
+        self.ir_back = IR50Trunk(split_stages=split_stages)
+        self.face_landback = MobileFaceNet(136)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(target: Path) -> Iterator[None]:
+    """Hold ``.locks/<target>.lock`` (flock): a second process fetching the same file waits here.
+    Lock files are never deleted (that would let two processes lock different files); they live in
+    a folder of their own so that the cache holds nothing but weights and their hashes."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent fetches then each write their own staging file
+        yield
+        return
+    locks = target.parent / ".locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{target.name}.lock", "a+b") as handle:
+        if not _try_lock(fcntl, handle):
+            print(f"poster: waiting for another process fetching {target.name}", file=sys.stderr)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _try_lock(fcntl, handle) -> bool:
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Test routing: Google Drive played by a loopback server
+
+
+@contextlib.contextmanager
+def _google_routing() -> Iterator[None]:
+    """With ``POSTER_GDRIVE_ORIGIN`` set, the sessions gdown opens send Google Drive's hosts to it."""
+    origin = os.environ.get("POSTER_GDRIVE_ORIGIN", "").strip()
+    if not origin:
+        yield
+        return
+    parsed = urllib.parse.urlparse(origin)
+    if parsed.scheme != "http" or parsed.hostname not in _LOOPBACK:
+        raise CheckpointError(f"POSTER_GDRIVE_ORIGIN={origin!r}: only an http:// loopback origin is allowed "
+                              "(it exists for tests)")
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class LoopbackAdapter(HTTPAdapter):
+        def send(self, request, *args, **kwargs):
+            url = urllib.parse.urlparse(request.url)
+            request.headers["X-Original-Host"] = url.hostname or ""
+            request.url = urllib.parse.urlunparse(url._replace(scheme="http", netloc=parsed.netloc))
+            return super().send(request, *args, **kwargs)
+
+    def routed_session() -> requests.Session:
+        session = requests.Session()
+        for prefix in _GOOGLE_HOSTS:
+            session.mount(prefix, LoopbackAdapter())
+        return session
+
+    original = requests.session
+    requests.session = routed_session
+    try:
+        yield
+    finally:
+        requests.session = original
