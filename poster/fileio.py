@@ -51,6 +51,31 @@ def safe_mkdirs(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def claim_run_folder(folder: str | os.PathLike, exist_ok: bool = False) -> Path:
+    """A run folder for a new run: ``folder`` when it is missing or empty, else the first of
+    ``folder2``, ``folder3``, ... that is (like YOLO's ``runs/predict2``); ``exist_ok``: ``folder``
+    as it is.  New folders are claimed with an atomic ``mkdir``, so two runs started together get
+    two folders.  A path that is a file or a symbolic link is refused (``FileExistsError``)."""
+    folder = Path(folder)
+    if exist_ok:
+        return safe_mkdirs(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    candidate, number = folder, 2
+    while True:
+        if candidate.is_symlink() or (candidate.exists() and not candidate.is_dir()):
+            if candidate == folder:
+                safe_mkdirs(candidate)  # raises, naming what is wrong
+        else:
+            try:
+                os.mkdir(candidate)
+                return candidate
+            except FileExistsError:
+                if candidate.is_dir() and not candidate.is_symlink() and not any(candidate.iterdir()):
+                    return candidate
+        candidate = folder.with_name(f"{folder.name}{number}")
+        number += 1
+
+
 def safe_subfolder(base: str | os.PathLike, relative: str | os.PathLike) -> Path:
     """``base / relative`` created as folders, refusing ``..``, absolute parts and any component
     below ``base`` that is a symbolic link (a link planted in an output folder)."""
