@@ -508,9 +508,6 @@ def _prepare_output_dir(out_dir: Path, results_name: str, annotate: bool) -> Run
             raise PosterError(f"{printable(entry)} is a symbolic link: refusing to write through it "
                               "(remove it or choose another output folder)")
     (out_dir / results_name).unlink(missing_ok=True)
-    marker = out_dir / RUN_MARKER
-    if not marker.exists():
-        atomic_write_bytes(marker, b"poster predict output folder: folder inputs never read it\n")
     return lock
 
 
@@ -545,39 +542,59 @@ def _report_other(item: _Input, writer: _ResultsWriter, summary: _Summary) -> No
         writer.write(str(item.target), None, None, error="no such file or folder")
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..evaluate import resolve_device
-    from ..predict import Recognizer, default_checkpoint
-    from ..runtime import detect_runtime, load_backend
+def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, device: str):
+    from ..predict import Recognizer
+    from ..runtime import load_backend
 
-    _check_options(args)
-    if args.device != "auto":
-        resolve_device(args.device)  # a bad device name is an error before anything is loaded
-    checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
     options = {"score_threshold": args.score_threshold} if args.detector == "yunet" else {}
-    shard = _Shard.from_environment(args.device)
-    common = dict(device=shard.device, detector=args.detector, batch_size=args.batch_size, min_face=args.min_face,
+    common = dict(device=device, detector=args.detector, batch_size=args.batch_size, min_face=args.min_face,
                   detector_options=options, crop_size=args.crop_size if args.crop_size > 0 else None,
                   grayscale=args.grayscale)
-    runtime = detect_runtime(checkpoint) if args.runtime == "auto" else args.runtime
-    _check_runtime(checkpoint, runtime)
     if runtime == "torch":
         rec = Recognizer(checkpoint, precision=args.precision, compile=args.compile, **common)
     else:
         if args.precision != "fp32" or args.compile:
             raise PosterError(f"--precision and --compile apply to the PyTorch runtime, not {runtime}")
-        backend, meta = load_backend(checkpoint, runtime, device=shard.device)
+        backend, meta = load_backend(checkpoint, runtime, device=device)
         rec = Recognizer(None, backend=backend, meta=meta, **common)
     engine = runtime if runtime != "torch" else "torch " + args.precision + (" compiled" if args.compile else "")
     log.info("model %s (%s input, classes %s) on %s with %s; detector %s", printable(rec.meta.arch),
              rec.channel_order, printable(", ".join(rec.class_names)), rec.device, engine, args.detector)
+    return rec
 
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import resolve_device
+    from ..predict import default_checkpoint
+    from ..runtime import detect_runtime
+
+    _check_options(args)
+    if args.device != "auto":
+        resolve_device(args.device)  # a bad device name is an error before anything is loaded
+    checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
+    runtime = detect_runtime(checkpoint) if args.runtime == "auto" else args.runtime
+    _check_runtime(checkpoint, runtime)
+    shard = _Shard.from_environment(args.device)
+    # the run folder is claimed and locked before the model loads: a busy or unusable folder is
+    # the first and only thing said
     out_dir = Path(shard.share(lambda: str(_claim_output_dir(args.output_dir, args.exist_ok))))
-    annotated_dir = out_dir / "annotated"
     results_name = f"results.{args.format}" if shard.world_size == 1 else f"results.rank{shard.rank}.{args.format}"
     lock = _prepare_output_dir(out_dir, results_name, args.annotate) if shard.rank == 0 else None
-    if shard.rank != 0:
-        (out_dir / results_name).unlink(missing_ok=True)
+    try:
+        if shard.rank != 0:
+            (out_dir / results_name).unlink(missing_ok=True)
+        rec = _load_recognizer(args, checkpoint, runtime, shard.device)
+        return _predict_into(rec, args, shard, out_dir, results_name)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _predict_into(rec, args: argparse.Namespace, shard: _Shard, out_dir: Path, results_name: str) -> int:
+    marker = out_dir / RUN_MARKER
+    if shard.rank == 0 and not marker.exists():
+        atomic_write_bytes(marker, b"poster predict output folder: folder inputs never read it\n")
+    annotated_dir = out_dir / "annotated"
     writer = _ResultsWriter(out_dir / results_name, args.format, rec.class_names, args.top_k)
     summary = _Summary()
     used: set[Path] = set()
@@ -598,8 +615,6 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         results_path = shard.merge(writer.close(), out_dir / f"results.{args.format}", args.format)
-        if lock is not None:
-            lock.release()
 
     _print_summary(summary, results_path, annotated_dir if args.annotate and used else None)
     if interrupted:
