@@ -497,7 +497,7 @@ def _claim_output_dir(requested: str, exist_ok: bool) -> Path:
         raise PosterError(f"cannot use output folder {where}: {exc.strerror or exc}") from None
 
 
-def _prepare_output_dir(out_dir: Path, results_name: str, annotate: bool) -> RunLock:
+def _prepare_output_dir(out_dir: Path, results_name: str) -> RunLock:
     """Lock the run folder, mark it as one, and clear what an earlier run in it (``--exist-ok``)
     left under the names this run writes: a killed run must not leave the previous results."""
     lock = RunLock(out_dir, "poster predict").acquire()
@@ -579,7 +579,7 @@ def run(args: argparse.Namespace) -> int:
     # the first and only thing said
     out_dir = Path(shard.share(lambda: str(_claim_output_dir(args.output_dir, args.exist_ok))))
     results_name = f"results.{args.format}" if shard.world_size == 1 else f"results.rank{shard.rank}.{args.format}"
-    lock = _prepare_output_dir(out_dir, results_name, args.annotate) if shard.rank == 0 else None
+    lock = _prepare_output_dir(out_dir, results_name) if shard.rank == 0 else None
     try:
         if shard.rank != 0:
             (out_dir / results_name).unlink(missing_ok=True)
