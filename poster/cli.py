@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import re
@@ -10,20 +11,56 @@ import sys
 
 from . import __version__
 from .errors import PosterError
+from .textsafe import printable
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one ``error:`` line (with a "did you mean" for a mistyped option or
+    command) and exit status 2, instead of argparse's usage block."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}{self._suggestion(message)}", file=sys.stderr)
+        self.exit(2)
+
+    def _suggestion(self, message: str) -> str:
+        bad = re.search(r"unrecognized arguments: (\S+)", message) or re.search(r"invalid choice: '([^']+)'", message)
+        if not bad:
+            return ""
+        word = bad.group(1).split("=", 1)[0]
+        known = [o for action in self._actions for o in action.option_strings]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                known += list(action.choices)
+        close = difflib.get_close_matches(word, known, n=1, cutoff=0.7)
+        if not close and word.startswith("-"):  # an unknown option of a sub-command lands here
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    for sub in action.choices.values():
+                        close = close or difflib.get_close_matches(
+                            word, [o for a in sub._actions for o in a.option_strings], n=1, cutoff=0.7)
+        return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging and full tracebacks")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import models, test
 
-    parser = argparse.ArgumentParser(prog="poster", description="POSTER / POSTER V2 facial expression recognition")
+    parser = _Parser(prog="poster", description="POSTER / POSTER V2 facial expression recognition")
     parser.add_argument("--version", action="version", version=f"poster-fer {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    _add_verbose(parser, False)
     parser.add_argument("--offline", action="store_true", help="no network: never fetch weights (= POSTER_OFFLINE=1)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in (test, models):
         module.add_parser(sub)
     for name in ("train", "predict", "export", "benchmark", "weights"):
         _maybe_add(sub, name)
+    for command in {id(p): p for p in sub.choices.values()}.values():
+        if "--verbose" not in command._option_string_actions:  # -v after the command works too
+            _add_verbose(command, argparse.SUPPRESS)
     return parser
 
 
@@ -61,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except PosterError as e:
         if args.verbose:
             raise
-        print(f"error: {_user_message(e)}", file=sys.stderr)
+        print(f"error: {printable(_user_message(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if args.verbose or not e.filename:
+            raise
+        # a path the user named that cannot be read or written (exists, is a folder, no permission)
+        where = " -> ".join(printable(f) for f in (e.filename, e.filename2) if f)
+        print(f"error: {e.strerror or e}: {where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,10 +17,18 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
     if spec is None or str(spec) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import PosterError
+    from .errors import PosterError
 
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise PosterError(f"unknown device {str(spec)!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise PosterError(f"device {str(spec)!r} is not supported here: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and device.index is not None and device.index >= max(1, torch.cuda.device_count()):
+        if torch.cuda.is_available():
+            raise PosterError(f"device {str(spec)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise PosterError(f"device {spec!r} requested but CUDA is not available on this machine")
     return device
 
@@ -45,7 +53,8 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
 
     model.eval()
     logits, targets = [], []
-    for images, labels in tqdm(loader, desc=description, disable=not progress, unit="batch", leave=False):
+    for images, labels in tqdm(loader, desc=description, disable=None if progress else True, unit="batch",
+                               leave=False):  # None: no bar when stderr is not a terminal (captured output)
         out = model(images.to(device, non_blocking=True))
         logits.append(out.float().cpu())
         targets.append(torch.as_tensor(labels))

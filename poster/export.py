@@ -264,7 +264,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
     except Exception as e:
         raise PosterError(f"the exported ONNX graph of {meta.arch} is invalid: {e}") from e
     atomic_write_bytes(path, proto.SerializeToString())
-    log.info("wrote %s (%s, opset %d)", path, format_size(path.stat().st_size), opset)
+    log.debug("wrote %s (%s, opset %d)", path, format_size(path.stat().st_size), opset)
     return path
 
 
@@ -318,7 +318,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
         except Exception as e:
             raise PosterError(f"TorchScript export of {meta.arch} failed: {type(e).__name__}: {e}") from e
     atomic_write_bytes(path, buffer.getvalue())
-    log.info("wrote %s (%s)", path, format_size(path.stat().st_size))
+    log.debug("wrote %s (%s)", path, format_size(path.stat().st_size))
     return path
 
 

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from .errors import PosterError
+from .fileio import default_file_mode
 
 __all__ = ["VIDEO_EXTENSIONS", "parse_source", "is_video_path", "FrameReader", "VideoSink"]
 
@@ -147,24 +148,36 @@ class VideoSink:
         self._writer: cv2.VideoWriter | None = None
         self._tmp: str | None = None
         self._size: tuple[int, int] | None = None
+        self._padding = (0, 0)
         self.frames_written = 0
 
     def write(self, frame_bgr: np.ndarray) -> None:
         h, w = frame_bgr.shape[:2]
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
-                                             dir=self.path.parent)
-            os.close(fd)
-            self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
-            if not self._writer.isOpened():
-                self.abort()
-                raise PosterError(f"cannot write video {self.path} (codec {self.fourcc!r} unavailable in OpenCV)")
-            self._size = (w, h)
+            self._open((w, h))
         if (w, h) != self._size:
             frame_bgr = cv2.resize(frame_bgr, self._size, interpolation=cv2.INTER_AREA)
+        if self._padding != (0, 0):
+            frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, self._padding[1], 0, self._padding[0], cv2.BORDER_REPLICATE)
         self._writer.write(np.ascontiguousarray(frame_bgr))
         self.frames_written += 1
+
+    def _open(self, size: tuple[int, int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
+                                         dir=self.path.parent)
+        os.close(fd)
+        os.chmod(self._tmp, default_file_mode())  # mkstemp's 0600 would outlive the rename
+        # OpenCV's FFmpeg writers encode 4:2:0 and silently drop an odd last row or column; encoding
+        # an even size (the edge row/column repeated once) keeps every pixel of the input instead
+        w, h = size
+        self._padding = (w % 2, h % 2)
+        self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                       (w + w % 2, h + h % 2))
+        if not self._writer.isOpened():
+            self.abort()
+            raise PosterError(f"cannot write video {self.path} (codec {self.fourcc!r} unavailable in OpenCV)")
+        self._size = size
 
     def close(self) -> Path | None:
         """Finish the file; returns its path, or ``None`` when no frame was written."""

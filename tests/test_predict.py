@@ -473,7 +473,8 @@ def test_torchrun_shards_a_folder_and_merges_the_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(Path(r["source"]).name for r in records) == [f"face{i}.png" for i in range(5)]
-    assert sorted(p.name for p in out.iterdir()) == ["results.jsonl"]  # the rank parts are merged away
+    # the rank parts are merged away, the lock is released; the marker keeps folder inputs out of it
+    assert sorted(p.name for p in out.iterdir()) == [".poster-predict-run", "results.jsonl"]
 
 
 def test_cli_runtimes_and_precisions_agree(checkpoint, astronaut_rgb, tmp_path, capsys):

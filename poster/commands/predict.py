@@ -1,5 +1,10 @@
 """``poster predict``: expressions of the faces in photos, folders, videos, webcams and streams.
 
+Each run writes to a fresh folder: ``runs/predict``, then ``runs/predict2``, ``runs/predict3``, ...
+(an ``-o`` folder that exists and is not empty is incremented the same way; ``--exist-ok`` reuses
+it).  The folder is locked while the run lasts (``poster.runlock``) and marked as a run folder, so
+that predicting a folder that contains it never reads earlier results as inputs.
+
 Results stream to ``<output-dir>/results.jsonl`` (or ``.csv``) as they come: one record per face,
 one record with ``num_faces: 0`` for an image or frame without a face, one record with an
 ``error`` for an input that could not be read.  Annotated copies of the images (and annotated
@@ -14,7 +19,9 @@ import csv
 import itertools
 import json
 import logging
+import math
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +32,9 @@ import cv2
 from ..data.transforms import IMAGE_EXTENSIONS
 from ..errors import PosterError
 from ..face.detect import LANDMARK_NAMES, list_detectors
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, create_new_file, safe_mkdirs, safe_subfolder
+from ..runlock import RunLock
+from ..textsafe import csv_cell, printable
 from ..video import VIDEO_EXTENSIONS, parse_source
 
 log = logging.getLogger("poster")
@@ -65,7 +74,9 @@ def add_parser(subparsers) -> None:
                         "default: what the checkpoint's metadata says")
     p.add_argument("--score-threshold", type=float, default=0.6, help="YuNet face score threshold (default 0.6)")
     p.add_argument("-o", "--output-dir", default="runs/predict", help="where results and annotations go "
-                   "(default runs/predict)")
+                   "(default runs/predict; an existing non-empty folder becomes DIR2, DIR3, ...)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="write into --output-dir even if it holds an earlier run (its results file is replaced)")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="results file format")
     p.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True,
                    help="write annotated images/videos (default: yes)")
@@ -82,9 +93,12 @@ def add_parser(subparsers) -> None:
 # Inputs
 
 
+RUN_MARKER = ".poster-predict-run"  # marks a predict output folder; folder walks do not read it
+
+
 @dataclass
 class _Input:
-    kind: str  # "image", "video", "skip", "missing"
+    kind: str  # "image", "video", "skip", "missing", "special", "run-folder"
     target: Any
     rel: Path | None = None  # path under the annotated/ folder (without suffix change)
 
@@ -97,24 +111,54 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _walk(folder: Path) -> Iterator[_Input]:
-    """Files under ``folder`` in a stable (sorted) order, lazily."""
+def _is_regular_file(path: Path) -> bool:
+    """A regular file (through links): a FIFO, socket or device named ``*.jpg`` is never opened."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _folder_label(folder: Path) -> str:
+    """The name an input folder has under ``annotated/``: ``.`` and ``..`` are named by what they
+    are (the resolved folder's name), so no annotated copy is written outside ``annotated/``."""
+    name = folder.name
+    if name in ("", ".", ".."):
+        name = folder.resolve().name or "root"
+    return name
+
+
+def _classify(path: Path, rel: Path) -> _Input:
+    if not _is_image(path) and not _is_video(path):
+        return _Input("skip", path)
+    if not _is_regular_file(path):
+        return _Input("special", path)
+    return _Input("image" if _is_image(path) else "video", path, rel)
+
+
+def _walk(folder: Path, exclude: set[Path]) -> Iterator[_Input]:
+    """Files under ``folder`` in a stable (sorted) order, lazily; run folders of ``poster predict``
+    (this run's output folder and earlier ones) are not entered."""
+    label = _folder_label(folder)
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            sub = Path(root) / d
+            if sub.resolve() in exclude or (sub / RUN_MARKER).exists():
+                yield _Input("run-folder", sub)
+            else:
+                kept.append(d)
+        dirs[:] = kept
         for name in sorted(files):
-            path = Path(root) / name
-            rel = Path(folder.name) / path.relative_to(folder)
             if name.startswith("."):
                 continue
-            if _is_image(path):
-                yield _Input("image", path, rel)
-            elif _is_video(path):
-                yield _Input("video", path, rel)
-            else:
-                yield _Input("skip", path)
+            path = Path(root) / name
+            yield _classify(path, Path(label) / path.relative_to(folder))
 
 
-def expand_inputs(inputs: list[str]) -> Iterator[_Input]:
+def expand_inputs(inputs: list[str], exclude: set[Path] | None = None) -> Iterator[_Input]:
+    """What each command-line input stands for; ``exclude``: resolved folders never walked into."""
+    exclude = exclude or set()
     for text in inputs:
         kind, target = parse_source(text)
         if kind == "webcam":
@@ -126,9 +170,14 @@ def expand_inputs(inputs: list[str]) -> Iterator[_Input]:
             continue
         path = Path(text)
         if path.is_dir():
-            yield from _walk(path)
+            if path.resolve() in exclude:
+                yield _Input("run-folder", path)
+            else:
+                yield from _walk(path, exclude)
         elif path.is_file():
             yield _Input("video" if _is_video(path) else "image", path, Path(path.name))
+        elif path.exists():
+            yield _Input("special", path)
         else:
             yield _Input("missing", path)
 
@@ -138,7 +187,11 @@ def expand_inputs(inputs: list[str]) -> Iterator[_Input]:
 
 
 class _ResultsWriter:
-    """Records appended as they come to ``<final>.partial``; renamed to ``final`` on ``close``."""
+    """Records appended as they come to ``<final>.partial``; renamed to ``final`` on ``close``.
+
+    The partial file is created new without following links (a link planted under its name is
+    removed, its target untouched); in CSV, text cells that a spreadsheet would run as formulas
+    (``=...``) get a leading apostrophe."""
 
     def __init__(self, path: Path, fmt: str, class_names: tuple[str, ...], top_k: int) -> None:
         self.path = path
@@ -146,14 +199,13 @@ class _ResultsWriter:
         self.fmt = fmt
         self.class_names = class_names
         self.top_k = top_k
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: TextIO = open(self.tmp, "w", encoding="utf-8", newline="")
+        self._f: TextIO = create_new_file(self.tmp, "w", encoding="utf-8", newline="")
         self._csv = None
         if fmt == "csv":
             self._csv = csv.writer(self._f)
             lm_cols = [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")]
             self._csv.writerow(["source", "frame", "face", "x", "y", "w", "h", *lm_cols, "score", "label",
-                                "confidence", *[f"p_{c}" for c in class_names], "top_k", "note"])
+                                "confidence", *[csv_cell(f"p_{c}") for c in class_names], "top_k", "note"])
 
     def write(self, source: str, frame: int | None, face=None, note: str = "", error: str | None = None) -> None:
         """One record: a face, or (``face=None``) an input without a face or with an ``error``."""
@@ -173,13 +225,14 @@ class _ResultsWriter:
             text = "; ".join(t for t in (note, f"error: {error}" if error is not None else "") if t)
             frame_cell = "" if frame is None else frame
             if face is None:
-                row = [source, frame_cell] + [""] * (1 + 4 + 10 + 3 + len(self.class_names) + 1) + [text]
+                row = [csv_cell(source), frame_cell] + [""] * (1 + 4 + 10 + 3 + len(self.class_names) + 1) \
+                    + [csv_cell(text)]
             else:
                 lm = [f"{v:.2f}" for pt in (face.landmarks or ()) for v in pt] or [""] * 10
-                row = [source, frame_cell, face.index, *[f"{v:.2f}" for v in face.box], *lm,
-                       f"{face.score:.5f}", face.label, f"{face.confidence:.6f}",
+                row = [csv_cell(source), frame_cell, face.index, *[f"{v:.2f}" for v in face.box], *lm,
+                       f"{face.score:.5f}", csv_cell(face.label), f"{face.confidence:.6f}",
                        *[f"{face.probabilities[c]:.6f}" for c in self.class_names],
-                       ";".join(f"{n}:{p:.4f}" for n, p in face.top_k(self.top_k)), text]
+                       csv_cell(";".join(f"{n}:{p:.4f}" for n, p in face.top_k(self.top_k))), csv_cell(text)]
             self._csv.writerow(row)
         self._f.flush()
 
@@ -218,17 +271,25 @@ def _unique(path: Path, used: set[Path]) -> Path:
     return candidate
 
 
+def _safe_target(annotated_dir: Path, out: Path) -> Path:
+    """``out``'s folders created under ``annotated/`` without following links planted there."""
+    safe_mkdirs(annotated_dir)
+    folder = safe_subfolder(annotated_dir, out.parent.relative_to(annotated_dir))
+    return folder / out.name
+
+
 def _print_faces(result, top_k: int, quiet: bool) -> None:
     if quiet:
         return
-    where = result.source if result.frame is None else f"{result.source} frame {result.frame}"
+    source = printable(result.source)
+    where = source if result.frame is None else f"{source} frame {result.frame}"
     if not result.faces:
         print(f"{where}: no face found")
         return
     for face in result.faces:
-        others = ", ".join(f"{n} {p:.2f}" for n, p in face.top_k(top_k)[1:])
+        others = ", ".join(f"{printable(n)} {p:.2f}" for n, p in face.top_k(top_k)[1:])
         x, y, w, h = (int(round(v)) for v in face.box)
-        print(f"{where}: face {face.index} at ({x},{y},{w}x{h}): {face.label} {face.confidence:.2f}"
+        print(f"{where}: face {face.index} at ({x},{y},{w}x{h}): {printable(face.label)} {face.confidence:.2f}"
               + (f" ({others})" if others else ""))
 
 
@@ -246,7 +307,7 @@ def _run_images(rec, items: list[_Input] | Iterator[_Input], args, writer: _Resu
     for result in rec.predict_many(named(), keep_images=args.annotate):
         rel = rel_of.pop(result.source, None)
         if result.error is not None:
-            print(f"skipped unreadable file: {result.error}", file=sys.stderr)
+            print(f"skipped unreadable file: {printable(result.error)}", file=sys.stderr)
             summary.unreadable.append(result.source)
             writer.write(result.source, None, None, error=result.error)
             continue
@@ -266,7 +327,7 @@ def _run_images(rec, items: list[_Input] | Iterator[_Input], args, writer: _Resu
             out = _unique(out, used)
             ok, data = cv2.imencode(out.suffix.lower(), picture)
             if ok:
-                atomic_write_bytes(out, data.tobytes())
+                atomic_write_bytes(_safe_target(annotated_dir, out), data.tobytes())
 
 
 def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summary, annotated_dir: Path,
@@ -278,7 +339,7 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
         video = rec.predict_video(item.target, every_n=args.every_n, smoothing=args.smooth,
                                   keep_images=args.annotate, max_frames=args.max_frames)
     except PosterError as exc:
-        print(f"skipped unreadable video: {exc}", file=sys.stderr)
+        print(f"skipped unreadable video: {printable(exc)}", file=sys.stderr)
         summary.unreadable.append(str(item.target))
         writer.write(str(item.target), None, None, error=str(exc))
         return
@@ -286,9 +347,9 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
     if args.annotate:
         rel = (item.rel or Path(f"{video.source}.mp4")).with_suffix(".mp4")
         fps = (video.fps or 25.0) / max(1, args.every_n)
-        sink = VideoSink(_unique(annotated_dir / rel, used), fps=fps)
+        sink = VideoSink(_safe_target(annotated_dir, _unique(annotated_dir / rel, used)), fps=fps)
     frames = faces = 0
-    log.info("%s: video %s fps, %s frames", video.source, round(video.fps, 2) or "?", video.reader.frame_count or "?")
+    log.info("%s: video %s fps, %s frames", printable(video.source), round(video.fps, 2) or "?", video.reader.frame_count or "?")
     stream = iter(video)
     try:
         for result in stream:
@@ -304,7 +365,7 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
         if sink is not None:
             written = sink.close()  # keep what was annotated so far (e.g. webcam stopped with Ctrl-C)
             if written:
-                print(f"annotated video (partial): {written}")
+                print(f"annotated video (partial): {printable(written)}")
         raise
     finally:
         stream.close()
@@ -313,7 +374,7 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
         summary.faces += faces
         summary.frames_failed += video.frames_failed
     if frames == 0:
-        print(f"skipped unreadable video: no frame could be decoded from {video.source}", file=sys.stderr)
+        print(f"skipped unreadable video: no frame could be decoded from {printable(video.source)}", file=sys.stderr)
         summary.unreadable.append(video.source)
         writer.write(video.source, None, None, error="no frame could be decoded")
         if sink is not None:
@@ -322,7 +383,8 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
     summary.videos += 1
     written = sink.close() if sink is not None else None
     failed = f", {video.frames_failed} undecodable frames skipped" if video.frames_failed else ""
-    print(f"{video.source}: {frames} frames, {faces} faces{failed}" + (f" -> {written}" if written else ""))
+    print(f"{printable(video.source)}: {frames} frames, {faces} faces{failed}"
+          + (f" -> {printable(written)}" if written else ""))
 
 
 @dataclass
@@ -350,6 +412,16 @@ class _Shard:
         info = init_distributed("cuda" if use_cuda else "cpu")
         return cls(info.rank, info.world_size, f"cuda:{info.local_rank}" if use_cuda else device)
 
+    def share(self, make: Any) -> Any:
+        """``make()`` run on rank 0 only, its value handed to every rank (one output folder for all)."""
+        if self.world_size == 1:
+            return make()
+        import torch.distributed as dist
+
+        box = [make() if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def take(self, items: Iterator[_Input]) -> Iterator[_Input]:
         return (item for i, item in enumerate(items) if i % self.world_size == self.rank)
 
@@ -373,66 +445,73 @@ class _Shard:
         return final
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..predict import Recognizer, default_checkpoint
-    from ..runtime import detect_runtime, load_backend
+MAX_CROP_SIZE = 1024  # a face crop of 20,000 pixels a side would take gigabytes per face
 
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Every out-of-range value is one clear error before any model or file is touched."""
     if args.batch_size < 1:
         raise PosterError("--batch-size must be at least 1")
     if args.every_n < 1:
         raise PosterError("--every-n must be at least 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise PosterError("--max-frames must be at least 1")
     if args.smooth is not None and not 0.0 <= args.smooth < 1.0:
         raise PosterError("--smooth must be in [0, 1)")
-    if args.crop_size < 0 or 0 < args.crop_size < 8:
-        raise PosterError("--crop-size must be 0 (the model's input size) or at least 8 pixels")
+    if args.crop_size < 0 or 0 < args.crop_size < 8 or args.crop_size > MAX_CROP_SIZE:
+        raise PosterError(f"--crop-size must be 0 (the model's input size) or 8 to {MAX_CROP_SIZE} pixels")
     if args.top_k < 0:
         raise PosterError("--top-k must be >= 0")
-    checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
-    options = {"score_threshold": args.score_threshold} if args.detector == "yunet" else {}
-    shard = _Shard.from_environment(args.device)
-    common = dict(device=shard.device, detector=args.detector, batch_size=args.batch_size, min_face=args.min_face,
-                  detector_options=options, crop_size=args.crop_size if args.crop_size > 0 else None,
-                  grayscale=args.grayscale)
-    runtime = detect_runtime(checkpoint) if args.runtime == "auto" else args.runtime
-    if runtime == "torch":
-        rec = Recognizer(checkpoint, precision=args.precision, compile=args.compile, **common)
-    else:
-        if args.precision != "fp32" or args.compile:
-            raise PosterError(f"--precision and --compile apply to the PyTorch runtime, not {runtime}")
-        backend, meta = load_backend(checkpoint, runtime, device=shard.device)
-        rec = Recognizer(None, backend=backend, meta=meta, **common)
-    log.info("model %s (%s input, classes %s) on %s; detector %s", rec.meta.arch, rec.channel_order,
-             ", ".join(rec.class_names), rec.device, args.detector)
+    if not math.isfinite(args.min_face) or args.min_face < 0:
+        raise PosterError(f"--min-face must be a number of pixels >= 0, got {args.min_face}")
+    if not (math.isfinite(args.score_threshold) and 0.0 <= args.score_threshold <= 1.0):
+        raise PosterError(f"--score-threshold must be between 0 and 1, got {args.score_threshold}")
 
-    out_dir = Path(args.output_dir)
-    annotated_dir = out_dir / "annotated"
-    results_name = f"results.{args.format}" if shard.world_size == 1 else f"results.rank{shard.rank}.{args.format}"
-    writer = _ResultsWriter(out_dir / results_name, args.format, rec.class_names, args.top_k)
-    summary = _Summary()
-    used: set[Path] = set()
-    interrupted = False
+
+def _check_runtime(checkpoint: str, runtime: str) -> None:
+    """A file that the asked-for runtime cannot run is named with the way to get one it can."""
+    path = Path(checkpoint)
+    if runtime == "onnx" and path.suffix.lower() != ".onnx":
+        raise PosterError(f"--runtime onnx needs an ONNX file, not {printable(checkpoint)}; export it first: "
+                          f"poster export -c {printable(checkpoint)}")
+    if runtime == "torchscript" and _runtime_of(path) != "torchscript":
+        raise PosterError(f"--runtime torchscript needs a TorchScript export, not {printable(checkpoint)}; export it "
+                          f"first: poster export -f torchscript -c {printable(checkpoint)}")
+
+
+def _runtime_of(path: Path) -> str:
+    from ..runtime import detect_runtime
+
+    return detect_runtime(path) if path.is_file() else "torch"
+
+
+def _claim_output_dir(requested: str, exist_ok: bool) -> Path:
+    """A fresh run folder (``DIR``, ``DIR2``, ... first one missing or empty) or, with ``exist_ok``,
+    ``DIR`` itself; refused when it is a file, a link, or not writable."""
+    from ..fileio import claim_run_folder
+
     try:
-        kinds = (lambda it: "video" if it.kind == "video" else "image" if it.kind == "image" else "other")
-        for kind, group in itertools.groupby(shard.take(expand_inputs(args.inputs)), key=kinds):
-            if kind == "image":
-                _run_images(rec, group, args, writer, summary, annotated_dir, used)
-            elif kind == "video":
-                for item in group:
-                    _run_video(rec, item, args, writer, summary, annotated_dir, used)
-            else:
-                for item in group:
-                    if item.kind == "skip":
-                        print(f"note: skipped (not an image or video): {item.target}", file=sys.stderr)
-                        summary.skipped.append(str(item.target))
-                    else:
-                        print(f"skipped missing input: {item.target} (no such file or folder)", file=sys.stderr)
-                        summary.unreadable.append(str(item.target))
-                        writer.write(str(item.target), None, None, error="no such file or folder")
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        results_path = shard.merge(writer.close(), out_dir / f"results.{args.format}", args.format)
+        return claim_run_folder(requested, exist_ok=exist_ok)
+    except OSError as exc:
+        where = printable(exc.filename or requested)
+        raise PosterError(f"cannot use output folder {where}: {exc.strerror or exc}") from None
 
+
+def _prepare_output_dir(out_dir: Path, results_name: str) -> RunLock:
+    """Lock the run folder, mark it as one, and clear what an earlier run in it (``--exist-ok``)
+    left under the names this run writes: a killed run must not leave the previous results."""
+    lock = RunLock(out_dir, "poster predict").acquire()
+    for name in (results_name, results_name + ".partial", "annotated"):
+        entry = out_dir / name
+        if entry.is_symlink():
+            lock.release()
+            raise PosterError(f"{printable(entry)} is a symbolic link: refusing to write through it "
+                              "(remove it or choose another output folder)")
+    (out_dir / results_name).unlink(missing_ok=True)
+    return lock
+
+
+def _print_summary(summary: _Summary, results_path: Path, annotated_dir: Path | None) -> None:
     parts = [f"{summary.images} images ({summary.images_without_face} without a face)"]
     if summary.videos or summary.frames:
         parts.append(f"{summary.videos} videos ({summary.frames} frames"
@@ -442,8 +521,102 @@ def run(args: argparse.Namespace) -> int:
     parts.append(f"{len(summary.skipped)} skipped (not images)")
     print("Summary: " + ", ".join(parts))
     if summary.unreadable:
-        print("Unreadable: " + ", ".join(summary.unreadable))
-    print(f"results: {results_path}" + (f"\nannotated: {annotated_dir}" if args.annotate and used else ""))
+        print("Unreadable: " + ", ".join(printable(u) for u in summary.unreadable))
+    print(f"results: {printable(results_path)}" + (f"\nannotated: {printable(annotated_dir)}" if annotated_dir else ""))
+
+
+def _report_other(item: _Input, writer: _ResultsWriter, summary: _Summary) -> None:
+    where = printable(item.target)
+    if item.kind == "skip":
+        print(f"note: skipped (not an image or video): {where}", file=sys.stderr)
+        summary.skipped.append(str(item.target))
+    elif item.kind == "run-folder":
+        print(f"note: skipped the output folder of a poster predict run: {where}", file=sys.stderr)
+    elif item.kind == "special":
+        print(f"skipped: not a regular file (FIFO, device or socket; never opened): {where}", file=sys.stderr)
+        summary.unreadable.append(str(item.target))
+        writer.write(str(item.target), None, None, error="not a regular file")
+    else:
+        print(f"skipped missing input: {where} (no such file or folder)", file=sys.stderr)
+        summary.unreadable.append(str(item.target))
+        writer.write(str(item.target), None, None, error="no such file or folder")
+
+
+def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, device: str):
+    from ..predict import Recognizer
+    from ..runtime import load_backend
+
+    options = {"score_threshold": args.score_threshold} if args.detector == "yunet" else {}
+    common = dict(device=device, detector=args.detector, batch_size=args.batch_size, min_face=args.min_face,
+                  detector_options=options, crop_size=args.crop_size if args.crop_size > 0 else None,
+                  grayscale=args.grayscale)
+    if runtime == "torch":
+        rec = Recognizer(checkpoint, precision=args.precision, compile=args.compile, **common)
+    else:
+        if args.precision != "fp32" or args.compile:
+            raise PosterError(f"--precision and --compile apply to the PyTorch runtime, not {runtime}")
+        backend, meta = load_backend(checkpoint, runtime, device=device)
+        rec = Recognizer(None, backend=backend, meta=meta, **common)
+    engine = runtime if runtime != "torch" else "torch " + args.precision + (" compiled" if args.compile else "")
+    log.info("model %s (%s input, classes %s) on %s with %s; detector %s", printable(rec.meta.arch),
+             rec.channel_order, printable(", ".join(rec.class_names)), rec.device, engine, args.detector)
+    return rec
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import resolve_device
+    from ..predict import default_checkpoint
+    from ..runtime import detect_runtime
+
+    _check_options(args)
+    if args.device != "auto":
+        resolve_device(args.device)  # a bad device name is an error before anything is loaded
+    checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
+    runtime = detect_runtime(checkpoint) if args.runtime == "auto" else args.runtime
+    _check_runtime(checkpoint, runtime)
+    shard = _Shard.from_environment(args.device)
+    # the run folder is claimed and locked before the model loads: a busy or unusable folder is
+    # the first and only thing said
+    out_dir = Path(shard.share(lambda: str(_claim_output_dir(args.output_dir, args.exist_ok))))
+    results_name = f"results.{args.format}" if shard.world_size == 1 else f"results.rank{shard.rank}.{args.format}"
+    lock = _prepare_output_dir(out_dir, results_name) if shard.rank == 0 else None
+    try:
+        if shard.rank != 0:
+            (out_dir / results_name).unlink(missing_ok=True)
+        rec = _load_recognizer(args, checkpoint, runtime, shard.device)
+        return _predict_into(rec, args, shard, out_dir, results_name)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _predict_into(rec, args: argparse.Namespace, shard: _Shard, out_dir: Path, results_name: str) -> int:
+    marker = out_dir / RUN_MARKER
+    if shard.rank == 0 and not marker.exists():
+        atomic_write_bytes(marker, b"poster predict output folder: folder inputs never read it\n")
+    annotated_dir = out_dir / "annotated"
+    writer = _ResultsWriter(out_dir / results_name, args.format, rec.class_names, args.top_k)
+    summary = _Summary()
+    used: set[Path] = set()
+    interrupted = False
+    try:
+        kinds = (lambda it: "video" if it.kind == "video" else "image" if it.kind == "image" else "other")
+        items = expand_inputs(args.inputs, exclude={out_dir.resolve()})
+        for kind, group in itertools.groupby(shard.take(items), key=kinds):
+            if kind == "image":
+                _run_images(rec, group, args, writer, summary, annotated_dir, used)
+            elif kind == "video":
+                for item in group:
+                    _run_video(rec, item, args, writer, summary, annotated_dir, used)
+            else:
+                for item in group:
+                    _report_other(item, writer, summary)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        results_path = shard.merge(writer.close(), out_dir / f"results.{args.format}", args.format)
+
+    _print_summary(summary, results_path, annotated_dir if args.annotate and used else None)
     if interrupted:
         print("interrupted: the results so far are kept", file=sys.stderr)
         if summary.processed == 0:

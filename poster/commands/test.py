@@ -12,9 +12,11 @@ from pathlib import Path
 
 from ..checkpoint.loading import load_model
 from ..data import DATASET_CLASSES, DATASET_NAMES, DATASET_TITLES, EvalTransform, abbreviate, build_dataset
-from ..errors import DatasetError
+from ..errors import DatasetError, PosterError
 from ..evaluate import evaluate, resolve_device
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, claim_run_folder
+from ..runlock import lock_run_folder
+from ..textsafe import csv_cell, printable
 
 log = logging.getLogger("poster")
 
@@ -33,7 +35,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("-j", "--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("-p", "--plot", action="store_true", help="save the row-normalised confusion matrix PNG")
     p.add_argument("-o", "--output-dir", default=None,
-                   help="where report.json (and the plot) go; default runs/test/<dataset>-<checkpoint>")
+                   help="where report.json (and the plot) go; default runs/test/<dataset>-<checkpoint> (an "
+                        "existing non-empty folder becomes DIR2, DIR3, ...)")
+    p.add_argument("--exist-ok", action="store_true", help="write into the output folder even if it holds a report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -52,10 +56,30 @@ def _check_classes(model_meta, dataset) -> None:
     theirs = [c.lower() for c in dataset.class_names]
     if mine != theirs:
         log.warning("class names differ (checkpoint %s, dataset %s): scoring by index order",
-                    list(model_meta.class_names), list(dataset.class_names))
+                    printable(list(model_meta.class_names)), printable(list(dataset.class_names)))
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise PosterError("--batch-size must be at least 1")
+    if args.workers < 0:
+        raise PosterError("--workers must be 0 (load in this process) or more")
+
+
+def _claim_output_dir(args: argparse.Namespace) -> Path:
+    """A fresh folder for this run's report (``DIR``, ``DIR2``, ...; ``--exist-ok``: ``DIR``), locked."""
+    requested = Path(args.output_dir) if args.output_dir else _default_output_dir(args)
+    try:
+        out_dir = claim_run_folder(requested, exist_ok=args.exist_ok)
+    except OSError as exc:
+        raise PosterError(f"cannot use output folder {printable(exc.filename or requested)}: "
+                          f"{exc.strerror or exc}") from None
+    lock_run_folder(out_dir, "poster test")
+    return out_dir
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_options(args)
     device = resolve_device(args.device)
     hint = args.dataset if args.dataset in DATASET_CLASSES else None
     model = load_model(args.checkpoint, device=device, dataset=hint)
@@ -65,16 +89,16 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s: %d images, %d classes; model %s (%s input) on %s", args.dataset, len(dataset),
              dataset.num_classes, meta.arch, meta.input.channel_order, device)
 
+    out_dir = _claim_output_dir(args)  # before the long evaluation: a bad folder is found at once
     result = evaluate(model, dataset, batch_size=args.batch_size, device=device, workers=args.workers,
                       progress=not args.no_progress)
     report = result.report
-    out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(args)
 
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["path", "target", "prediction"])
     for (path, _), target, pred in zip(dataset.records, result.targets, result.predictions):
-        writer.writerow([path, int(target), int(pred)])
+        writer.writerow([csv_cell(path), int(target), int(pred)])
     atomic_write_text(out_dir / "predictions.csv", rows.getvalue())
 
     payload = {
@@ -93,5 +117,6 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"Test accuracy: {report.accuracy:.4f}  mean class accuracy: {report.mean_class_accuracy:.4f}  "
           f"macro F1: {report.macro_f1:.4f}  ({len(dataset)} images, {result.seconds:.1f}s)")
-    print(f"report: {out_dir / 'report.json'}" + (f"\nplot:   {payload['confusion_matrix_png']}" if args.plot else ""))
+    print(f"report: {printable(out_dir / 'report.json')}"
+          + (f"\nplot:   {printable(payload['confusion_matrix_png'])}" if args.plot else ""))
     return 0

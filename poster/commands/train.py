@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 from pathlib import Path
 
 from ..data import DATASET_NAMES
+from ..errors import PosterError
+from ..textsafe import printable
 from ..train.recipes import get_recipe, list_recipes
 from ..train.trainer import Trainer, TrainOptions
 
@@ -79,13 +84,14 @@ def run(args: argparse.Namespace) -> int:
                   f"loss {r.loss} {r.channel_order}")
         return 0
     if not args.recipe or not args.data:
-        from ..errors import PosterError
-
         raise PosterError("poster train needs --recipe and --data (see poster train --help)")
+    _check_options(args)
     recipe = get_recipe(args.recipe, args.overrides)
+    _check_recipe_model(recipe)
     dataset = args.dataset or recipe.dataset
+    output_dir = args.output_dir or str(Path("runs") / "train" / recipe.name)
     options = TrainOptions(
-        dataset=dataset, data=args.data, output_dir=args.output_dir or str(Path("runs") / "train" / recipe.name),
+        dataset=dataset, data=args.data, output_dir=output_dir,
         train_split=args.train_split, val_split=args.val_split, val_fraction=args.val_fraction,
         test_split=None if str(args.test_split).lower() == "none" else args.test_split,
         select_on=args.select_on, device=args.device, precision=args.precision, channels_last=args.channels_last,
@@ -95,7 +101,69 @@ def run(args: argparse.Namespace) -> int:
         limit_test=args.limit_test, workers=args.workers, progress=not args.no_progress,
         tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic, cache=args.cache,
         skip_bad=args.skip_bad)
-    result = Trainer(recipe, options).fit()
+    with _locked_run_folder(Path(output_dir), args.resume):
+        result = Trainer(recipe, options).fit()
     if result:
         print(json.dumps({k: v for k, v in result.items() if not k.endswith("_report")}, indent=2))
     return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Out-of-range values are one clear error before any data is read."""
+    from ..evaluate import resolve_device
+
+    if args.val_split is None and not (math.isfinite(args.val_fraction) and 0.0 < args.val_fraction < 1.0):
+        raise PosterError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
+    for flag, value in (("--limit-train", args.limit_train), ("--limit-val", args.limit_val),
+                        ("--limit-test", args.limit_test)):
+        if value is not None and value < 1:
+            raise PosterError(f"{flag} must be at least 1 image, got {value}")
+    if args.workers is not None and args.workers < 0:
+        raise PosterError(f"--workers must be 0 (load in this process) or more, got {args.workers}")
+    if not Path(args.data).is_dir():
+        raise PosterError(f"--data: no such folder: {printable(args.data)}")
+    resolve_device(args.device)
+
+
+def _check_recipe_model(recipe) -> None:
+    """The recipe's architecture and its options exist, before hours of data checking (``--set arch=``)."""
+    from ..models.registry import get_arch, list_models
+
+    try:
+        spec = get_arch(recipe.arch)
+    except ValueError:
+        raise PosterError(f"unknown architecture {printable(recipe.arch)!s} in the recipe; available: "
+                          f"{', '.join(list_models())}") from None
+    unknown = sorted(set(recipe.arch_options) - set(spec.options))
+    if unknown:
+        raise PosterError(f"{recipe.arch} does not take option(s) {unknown}; it takes {list(spec.options)}")
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` launch (or a plain run): the one that owns the run folder."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def _locked_run_folder(folder: Path, resume: bool):
+    """The run folder, locked for the run; without ``--resume`` it must be new or empty, so that
+    two runs never mix their ``last.pth`` and ``best.pth``."""
+    if not _is_main_process():
+        yield
+        return
+    from ..fileio import safe_mkdirs
+    from ..runlock import RunLock
+
+    if not resume and folder.is_dir():
+        entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        if entries:
+            shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
+            hint = "use --resume to continue it" if "last.pth" in entries else "it holds no last.pth to resume"
+            raise PosterError(f"{printable(folder)} already holds a run ({printable(shown)}); {hint}, or choose "
+                              "another --output-dir")
+    try:
+        safe_mkdirs(folder)
+    except OSError as exc:
+        raise PosterError(f"cannot use output folder {printable(folder)}: {exc.strerror or exc}") from None
+    with RunLock(folder, "poster train"):
+        yield

@@ -31,6 +31,7 @@ from PIL import Image
 
 from ..errors import DatasetError
 from ..meta import InputConfig
+from .imagelimits import check_pixel_budget, read_image_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -122,6 +123,7 @@ def decode_image_bytes(data: bytes | bytearray | memoryview | np.ndarray, channe
         buf = np.frombuffer(bytes(data), dtype=np.uint8)
     if buf.size == 0:
         raise DatasetError(f"image file is empty (0 bytes): {name}")
+    check_pixel_budget(buf, name)  # refuse from the header what would cost too much to decode
     try:
         arr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         failure = None
@@ -151,12 +153,7 @@ def load_image(path: str | os.PathLike, channel_order: str = "RGB") -> np.ndarra
     """
     _check_order(channel_order)
     p = Path(path)
-    try:
-        buf = np.fromfile(p, dtype=np.uint8)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"image file not found: {p}") from exc
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image file {p}: {exc}") from exc
+    buf = read_image_file(p)  # regular files only, within the pixel budget (poster.data.imagelimits)
     return decode_image_bytes(buf, channel_order, name=str(p))
 
 

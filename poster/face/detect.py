@@ -24,6 +24,7 @@ as RAF-DB's aligned images or FER2013's faces).  ``register_detector`` adds othe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -110,6 +111,21 @@ class NoDetector:
         return "NoDetector()"
 
 
+@contextlib.contextmanager
+def _opencv_quiet():
+    """OpenCV's own log (its C++ ``WARN`` lines) limited to errors for the duration."""
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is None:
+        yield
+        return
+    previous = logging_api.getLogLevel()
+    logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging_api.setLogLevel(previous)
+
+
 class YuNetDetector:
     """OpenCV's YuNet (``cv2.FaceDetectorYN``), by default with the bundled 2023mar model.
 
@@ -162,8 +178,9 @@ class YuNetDetector:
             raise ValueError(f"refine must be >= 0 passes, got {refine}")
         self.refine = int(refine)
         try:
-            self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold, self.nms,
-                                                  self.top_k, backend_id, target_id)
+            with _opencv_quiet():  # OpenCV 5 warns "setPreferableTarget ... not supported" on every load
+                self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold, self.nms,
+                                                      self.top_k, backend_id, target_id)
         except cv2.error as exc:
             raise PosterError(f"cannot load the YuNet face detector from {path}: {exc}") from exc
         self._lock = threading.Lock()

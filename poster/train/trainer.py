@@ -258,7 +258,7 @@ class Trainer:
             self._log("pretrained backbones: %s", json.dumps(report)[:300])
         if not o.ir50 or not o.landmark:
             missing = [flag for flag, path in (("--ir50", o.ir50), ("--landmark", o.landmark)) if not path]
-            self._log("\n%s\nWARNING: training without %s: the %s start(s) from random weights.\n"
+            self._log("%s\ntraining without %s: the %s start(s) from random weights.\n"
                       "POSTER's published accuracy depends on the pretrained IR-50 (ir50.pth) and MobileFaceNet\n"
                       "(mobilefacenet_model_best.pth.tar) files; expect much lower accuracy without them.\n%s",
                       "!" * 78, " and ".join(missing), " and ".join(
@@ -386,7 +386,8 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(self.batches if self.batches is not None else self.train_loader,
                    desc=f"epoch {epoch + 1}/{self.recipe.epochs}", unit="batch",
-                   disable=not (self.opt.progress and self.dist.is_main), leave=False)
+                   disable=None if self.opt.progress and self.dist.is_main else True,  # None: a terminal only
+                   leave=False)
         for images, labels in bar:
             if self.batches is not None:  # already augmented and normalised on the device
                 x, y = images, labels
