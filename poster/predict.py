@@ -9,7 +9,7 @@
     for face in result.faces:
         print(face.box, face.label, face.confidence, face.top_k(3))
 
-    rec.predict(frame, color="BGR")                           # numpy arrays: say their channel order
+    rec.predict(frame, color="BGR")                           # colour numpy arrays must say their order
     for r in rec.predict_many(paths): ...                      # faces of many images batched together
     for r in rec.predict_video("clip.mp4", smoothing=0.6): ... # one ImageResult per frame
 
@@ -21,6 +21,11 @@ the faces and their 5 landmarks; each face is aligned to the canonical template
 order and goes through exactly the checkpoint's evaluation transform
 (``EvalTransform(model.meta.input)``: PIL bilinear resize, /255, normalise); the model's logits
 become probabilities with a softmax.
+
+Colour numpy arrays carry no channel order of their own: ``cv2.imread`` and video frames are BGR,
+PIL / imageio / matplotlib arrays are RGB, and a wrong guess still gives plausible but different
+probabilities.  So a 3- or 4-channel array must come with ``color="BGR"`` or ``color="RGB"``
+(``ColorOrderError`` otherwise); paths, encoded bytes, PIL images and grey 2-D arrays need none.
 
 Decoding, detection and preprocessing run in a background thread while the model works on the
 previous batch (``prefetch``), and faces from several images or frames share a batch.
@@ -337,12 +342,12 @@ class Recognizer:
             out.append(np.ascontiguousarray(crop[..., ::-1]) if self.channel_order == "RGB" else crop)
         return out
 
-    def _decode(self, item: Any, color: str) -> np.ndarray:
+    def _decode(self, item: Any, color: str | None) -> np.ndarray:
         if isinstance(item, (bytes, bytearray, memoryview)):
             return decode_image_bytes(item, "BGR")
         return to_uint8_array(item, "BGR", assume=color)
 
-    def _prepare(self, source: str, frame: int | None, item: Any, color: str) -> _Job:
+    def _prepare(self, source: str, frame: int | None, item: Any, color: str | None) -> _Job:
         job = _Job(source=source, frame=frame)
         try:
             image = self._decode(item, color)
@@ -407,9 +412,11 @@ class Recognizer:
         faces = [_make_face_result(f, p, self.class_names, i) for i, (f, p) in enumerate(zip(job.faces, job.probs))]
         return ImageResult(job.source, faces, job.frame, image=job.image if keep_image else None)
 
-    def predict(self, image: Any, color: str = "RGB", keep_image: bool = False) -> ImageResult:
+    def predict(self, image: Any, color: str | None = None, keep_image: bool = False) -> ImageResult:
         """All faces in one image: a path, a PIL image, encoded bytes or a uint8 numpy array (HxW, HxWx3,
-        HxWx4) whose channel order is ``color`` ("RGB", or "BGR" for OpenCV images).
+        HxWx4).  ``color``: the channel order of a colour array, "BGR" (OpenCV images and frames) or
+        "RGB" (PIL, imageio, matplotlib); required for 3- and 4-channel arrays (``ColorOrderError``
+        otherwise), ignored for everything else.
 
         An unreadable image raises ``DatasetError`` (``predict_many`` reports it instead)."""
         _check_color(color)
@@ -423,10 +430,12 @@ class Recognizer:
 
     __call__ = predict
 
-    def predict_many(self, images: Iterable[Any], color: str = "RGB", keep_images: bool = False) -> Iterator[ImageResult]:
+    def predict_many(self, images: Iterable[Any], color: str | None = None,
+                     keep_images: bool = False) -> Iterator[ImageResult]:
         """Results for many images, in order, their faces batched together (``batch_size``).
 
-        Items are like ``predict``'s, or ``(name, image)`` pairs to name arrays.  An item that cannot
+        Items are like ``predict``'s (``color`` as there), or ``(name, image)`` pairs to name arrays.
+        A colour array without ``color`` stops the iteration with ``ColorOrderError``.  An item that cannot
         be read gives an ``ImageResult`` with ``error`` set and the iteration goes on.  The input is
         consumed lazily (from a background thread when ``prefetch`` is on): memory stays bounded
         for any number of images.  Closing the returned iterator early stops the work."""
@@ -460,8 +469,8 @@ class Recognizer:
                 f"detector={self.detector!r}, channel_order={self.channel_order!r}, crop_size={self.crop_size})")
 
 
-def _check_color(color: str) -> None:
-    if color not in ("RGB", "BGR"):
+def _check_color(color: str | None) -> None:
+    if color is not None and color not in ("RGB", "BGR"):
         raise ValueError(f"color must be 'RGB' or 'BGR', got {color!r}")
 
 

@@ -128,8 +128,30 @@ def test_numpy_bgr_and_rgb_give_identical_results(model_rgb, astronaut_rgb):
         rec.predict(astronaut_rgb, color="rgb")
 
 
+def test_colour_arrays_must_say_their_channel_order(model_rgb, astronaut_rgb):
+    """A BGR OpenCV array passed without color= used to be read as RGB and silently changed the
+    probabilities; now every 3- and 4-channel array must name its order."""
+    from poster.errors import ColorOrderError
+
+    rec = Recognizer(model_rgb, detector="none")
+    bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
+    bgra = np.concatenate([bgr, np.full(bgr.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    for array in (bgr, bgra):
+        with pytest.raises(ColorOrderError, match='color="BGR".*OpenCV.*color="RGB"'):
+            rec.predict(array)
+    with pytest.raises(ColorOrderError):  # also from the background thread of predict_many
+        list(rec.predict_many([bgr]))
+    # Grey arrays, PIL images and encoded bytes carry no ambiguity and need no color=.
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    np.testing.assert_allclose(_probs(rec.predict(grey)), _probs(rec.predict(np.dstack([grey] * 3), color="BGR")))
+    np.testing.assert_allclose(_probs(rec.predict(Image.fromarray(astronaut_rgb))),
+                               _probs(rec.predict(bgr, color="BGR")), atol=1e-7)
+    png = cv2.imencode(".png", bgr)[1].tobytes()
+    np.testing.assert_allclose(_probs(rec.predict(png)), _probs(rec.predict(bgra, color="BGR")), atol=1e-7)
+
+
 def test_face_result_fields(model_rgb, astronaut_rgb):
-    result = Recognizer(model_rgb).predict(astronaut_rgb, keep_image=True)
+    result = Recognizer(model_rgb).predict(astronaut_rgb, color="RGB", keep_image=True)
     face = result.faces[0]
     assert isinstance(face, FaceResult) and result.frame is None and result.ok
     assert list(face.probabilities) == list(FER2013_CLASSES)
@@ -159,7 +181,7 @@ def test_predict_many_batches_faces_across_images_in_order(model_rgb, astronaut_
     bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
     items = [astronaut_rgb, grey, ("flipped", astronaut_rgb[:, ::-1]), corrupt, astronaut_rgb]
     rec = Recognizer(model_rgb, batch_size=2, backend=backend)
-    results = list(rec.predict_many(items))
+    results = list(rec.predict_many(items, color="RGB"))
     assert [r.source for r in results] == ["<array #0>", "<array #1>", "flipped", str(corrupt), "<array #4>"]
     assert [len(r.faces) for r in results] == [1, 0, 1, 0, 1]
     assert results[3].error and "corrupt.jpg" in results[3].error
@@ -179,22 +201,23 @@ def test_backend_alone_with_meta(model_rgb, astronaut_rgb):
 
     alone = Recognizer(None, backend=backend, meta=model_rgb.meta, detector="none")
     assert alone.model is None
-    np.testing.assert_allclose(_probs(alone.predict(astronaut_rgb)),
-                               _probs(Recognizer(model_rgb, detector="none").predict(astronaut_rgb)), atol=1e-7)
+    np.testing.assert_allclose(_probs(alone.predict(astronaut_rgb, color="RGB")),
+                               _probs(Recognizer(model_rgb, detector="none").predict(astronaut_rgb, color="RGB")),
+                               atol=1e-7)
     bad = Recognizer(None, backend=lambda b: torch.zeros(len(b), 3), meta=model_rgb.meta, detector="none")
     with pytest.raises(PosterError, match="shape"):
-        bad.predict(astronaut_rgb)
+        bad.predict(astronaut_rgb, color="RGB")
 
 
 def test_min_face_and_custom_detector(model_rgb, astronaut_rgb):
-    assert Recognizer(model_rgb, min_face=300).predict(astronaut_rgb).faces == []
+    assert Recognizer(model_rgb, min_face=300).predict(astronaut_rgb, color="RGB").faces == []
 
     class Halves:  # a detector with boxes only: the left and right halves of the picture
         def detect(self, image_bgr):
             h, w = image_bgr.shape[:2]
             return [poster.face.Face((0, 0, w // 2, h)), poster.face.Face((w // 2, 0, w - w // 2, h))]
 
-    result = Recognizer(model_rgb, detector=Halves()).predict(astronaut_rgb)
+    result = Recognizer(model_rgb, detector=Halves()).predict(astronaut_rgb, color="RGB")
     assert [f.box[0] for f in result.faces] == [0.0, 256.0] and result.faces[1].index == 1
 
 
@@ -255,7 +278,7 @@ def test_predict_many_is_lazy_and_stops_its_thread(model_rgb):
     grey = np.full((48, 48, 3), 128, np.uint8)
     rec = Recognizer(model_rgb, detector="none", batch_size=2)
     before = threading.active_count()
-    results = rec.predict_many(itertools.repeat(grey))  # endless input: only what is asked for is done
+    results = rec.predict_many(itertools.repeat(grey), color="BGR")  # endless input: only what is asked for is done
     first = list(itertools.islice(results, 3))
     assert [len(r.faces) for r in first] == [1, 1, 1]
     results.close()
