@@ -131,12 +131,14 @@ def test_errors_are_one_clear_line(rafdb_root, v1_checkpoint, tmp_path, capsys):
     assert "missing.pth" in err
 
 
-def test_class_count_mismatch_is_an_error(rafdb_root, tmp_path, capsys):
+def test_classes_that_match_no_name_are_an_error(rafdb_root, tmp_path, capsys):
+    """An 8-class file without class names on RAF-DB: nothing can be matched by name and the counts
+    differ, so the error names both class lists and the --class-map that settles it."""
     model = poster.create_model("poster_v1_small", num_classes=8, token_mixing=False)
     ckpt = poster.export_official(tmp_path / "affectnet8.pth", model, "v1")
     err = _error(capsys, ["test", "-c", str(ckpt), "--dataset", "rafdb", "--data", str(rafdb_root),
                           "-j", "0", "--no-progress", "-o", str(tmp_path / "o")])
-    assert "8 classes" in err and "7" in err
+    assert "'Surprise'" in err and "'class_7'" in err and "--class-map Surprise=" in err
 
 
 def test_unreadable_image_is_named(rafdb_root, v1_checkpoint, tmp_path, capsys):
