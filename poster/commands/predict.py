@@ -299,7 +299,7 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
             for face in result.faces:
                 writer.write(result.source, result.frame, face)
             if sink is not None and result.image is not None:
-                sink.write(annotate(result.image, result, args.top_k, rec.class_names))
+                sink.write(annotate(result.image, result, args.top_k, rec.class_names, extend_canvas=False))
     except BaseException:
         if sink is not None:
             written = sink.close()  # keep what was annotated so far (e.g. webcam stopped with Ctrl-C)
