@@ -258,9 +258,13 @@ class Recognizer:
     metadata; ``Recognizer(None, backend=..., meta=...)`` needs no torch model at all.
     ``precision``: ``"fp32"`` (default; the exact function) or ``"bf16"`` (autocast with pre-cast
     weights, BN folded, channels-last: several times faster on GPUs and on CPUs with bf16
-    instructions such as AMX; probabilities within ~1e-2).  ``compile``: ``torch.compile`` the
-    model (frozen weights on CPU; the first batch pays the compile time).  Both build the backend
-    with ``poster.accelerate.prepare_inference``.  ``prefetch``: decode/detect in a background
+    instructions such as AMX; probabilities within ~1e-2); ``"auto"``: bf16 where it is native
+    (``poster.accelerate.native_bf16``), else fp32.  ``fast``: in fp32 too, fold the batch norms
+    and use channels-last (within the golden tolerance of the exact function, faster on CPUs;
+    what ``poster predict`` does unless ``--eager``).  ``compile``: ``torch.compile`` the
+    model (frozen weights on CPU; the first batch pays the compile time).  These build the backend
+    with ``poster.accelerate.prepare_inference`` (kept as ``fast_inference``; ``None`` when the
+    model runs as written).  ``prefetch``: decode/detect in a background
     thread while the model runs.
     """
 
@@ -269,7 +273,8 @@ class Recognizer:
                  batch_size: int = 32, backend: Backend | None = None, *, min_face: float = 0.0,
                  crop_size: int | None = DEFAULT_CROP_SIZE, template: np.ndarray | None = None,
                  detector_options: dict[str, Any] | None = None, meta=None, prefetch: bool = True,
-                 grayscale: bool | None = None, precision: str = "fp32", compile: bool = False) -> None:
+                 grayscale: bool | None = None, precision: str = "fp32", compile: bool = False,
+                 fast: bool = False) -> None:
         from .evaluate import resolve_device
 
         if batch_size < 1:
@@ -306,13 +311,18 @@ class Recognizer:
         self.min_face = float(min_face)
         self.crop_size = int(crop_size) if crop_size is not None else int(meta.input.input_size)
         self.template = template
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        if backend is None and self.model is not None and (precision == "bf16" or compile):
-            from .accelerate import prepare_inference
+        if precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+        from .accelerate import native_bf16, prepare_inference
 
-            backend = prepare_inference(self.model, self.device, precision, channels_last=precision == "bf16",
-                                        compile=compile, warmup_batch_sizes=())
+        if precision == "auto":
+            precision = "bf16" if native_bf16(self.device) else "fp32"
+        self.precision = precision
+        self.fast_inference = None
+        if backend is None and self.model is not None and (precision == "bf16" or compile or fast):
+            backend = self.fast_inference = prepare_inference(
+                self.model, self.device, precision, channels_last=precision == "bf16" or fast, compile=compile,
+                warmup_batch_sizes=())
         self.backend = backend if backend is not None else self._torch_logits
         self.prefetch = bool(prefetch)
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import poster
+from poster.accelerate import native_bf16
 from poster.cli import main
 from poster.data import FER2013_CLASSES, EvalTransform, load_image
 from poster.errors import CheckpointError, PosterError
@@ -515,13 +516,33 @@ def test_cli_runtimes_and_precisions_agree(checkpoint, astronaut_rgb, tmp_path, 
         (line,) = (tmp_path / name / "results.jsonl").read_text().splitlines()
         return json.loads(line)
 
-    exact = run("fp32", str(checkpoint))
+    exact = run("eager", str(checkpoint), "--eager")
     fast = run("bf16", str(checkpoint), "--precision", "bf16")
+    folded = run("fp32", str(checkpoint), "--precision", "fp32")
+    default = run("default", str(checkpoint))  # bf16 where native, else the fp32 fast path
     onnx = run("onnx", str(onnx_path))
-    assert exact["box"] == fast["box"] == onnx["box"]
+    assert exact["box"] == fast["box"] == onnx["box"] == default["box"]
     p = np.array([exact["probabilities"][c] for c in FER2013_CLASSES])
     np.testing.assert_allclose([onnx["probabilities"][c] for c in FER2013_CLASSES], p, atol=1e-4)
+    np.testing.assert_allclose([folded["probabilities"][c] for c in FER2013_CLASSES], p, atol=1e-4)
     np.testing.assert_allclose([fast["probabilities"][c] for c in FER2013_CLASSES], p, atol=2e-2)
+    same = fast if native_bf16("cpu") else folded
+    assert default["probabilities"] == same["probabilities"]
     capsys.readouterr()
     assert main(["predict", str(photo), "-c", str(onnx_path), "--precision", "bf16", "-o", str(tmp_path / "x")]) == 1
     assert "apply to the PyTorch runtime, not onnx" in capsys.readouterr().err
+    assert main(["predict", str(photo), "-c", str(checkpoint), "--eager", "--precision", "bf16", "-o",
+                 str(tmp_path / "y")]) == 1
+    assert "--eager" in capsys.readouterr().err
+
+
+def test_cli_info_line_names_runtime_and_precision(checkpoint, astronaut_rgb, tmp_path, caplog):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), astronaut_rgb[:, :, ::-1])
+    expected = "bf16 fast path" if native_bf16("cpu") else "fp32 fast path"
+    for extra, words in (([], expected), (["--eager"], "PyTorch eager fp32")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="poster"):
+            assert main(["predict", str(photo), "-c", str(checkpoint), "--device", "cpu", "--no-annotate", "-q",
+                         "-o", str(tmp_path / "o"), *extra]) == 0
+        assert any(words in r.getMessage() and "on cpu" in r.getMessage() for r in caplog.records), caplog.text

@@ -48,9 +48,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx", "torchscript"),
                    help="what runs the model: auto picks by the file (.onnx: ONNX Runtime; a TorchScript "
                         "export; else PyTorch)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="PyTorch runtime: fp32 (exact, default) or bf16 autocast with BN folding and "
-                        "channels-last (much faster on GPUs and AMX CPUs; probabilities within ~1e-2)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="PyTorch runtime, which runs BN-folded and channels-last: bf16 autocast (much faster "
+                        "on GPUs and on CPUs with bf16 instructions such as AMX; probabilities within ~1e-2) or "
+                        "fp32 (within 1e-4 of the exact function); auto (default): bf16 where it is native, "
+                        "else fp32")
+    p.add_argument("--eager", action="store_true",
+                   help="PyTorch runtime: run the model exactly as written in fp32 (no BN folding, no "
+                        "channels-last; slower)")
     p.add_argument("--compile", action="store_true",
                    help="PyTorch runtime: torch.compile the model (the first batch pays the compile time)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="faces per model batch (default 32)")
@@ -374,6 +379,7 @@ class _Shard:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..accelerate import describe_inference
     from ..predict import Recognizer, default_checkpoint
     from ..runtime import detect_runtime, load_backend
 
@@ -395,14 +401,19 @@ def run(args: argparse.Namespace) -> int:
                   grayscale=args.grayscale)
     runtime = detect_runtime(checkpoint) if args.runtime == "auto" else args.runtime
     if runtime == "torch":
-        rec = Recognizer(checkpoint, precision=args.precision, compile=args.compile, **common)
+        if args.eager and args.precision == "bf16":
+            raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
+        precision = "fp32" if args.eager else args.precision
+        rec = Recognizer(checkpoint, precision=precision, compile=args.compile, fast=not args.eager, **common)
+        how = "PyTorch " + describe_inference(rec.fast_inference)
     else:
-        if args.precision != "fp32" or args.compile:
-            raise PosterError(f"--precision and --compile apply to the PyTorch runtime, not {runtime}")
+        if args.precision != "auto" or args.compile or args.eager:
+            raise PosterError(f"--precision, --eager and --compile apply to the PyTorch runtime, not {runtime}")
         backend, meta = load_backend(checkpoint, runtime, device=shard.device)
         rec = Recognizer(None, backend=backend, meta=meta, **common)
-    log.info("model %s (%s input, classes %s) on %s; detector %s", rec.meta.arch, rec.channel_order,
-             ", ".join(rec.class_names), rec.device, args.detector)
+        how = {"onnx": "ONNX Runtime"}.get(runtime, runtime)
+    log.info("model %s (%s input, classes %s) on %s, %s; detector %s", rec.meta.arch, rec.channel_order,
+             ", ".join(rec.class_names), rec.device, how, args.detector)
 
     out_dir = Path(args.output_dir)
     annotated_dir = out_dir / "annotated"
