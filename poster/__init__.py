@@ -7,6 +7,14 @@ Entry points::
     model.meta.class_names, model.meta.input.channel_order             # how to use it
 """
 
+import os as _os
+
+# CPU runs: idle OpenMP threads sleep instead of spinning.  PyTorch's spinning threads stall badly
+# on a busy machine (a batch-1 call once took 1.4 s where ONNX Runtime took 59 ms).  It must be
+# set before torch loads its OpenMP runtime, i.e. before the first torch import; a user's own
+# setting wins, and a program that imported torch first keeps its own policy.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .checkpoint.formats import export_official, read_weight_file, save_checkpoint
 from .checkpoint.loading import load_backbone_weights, load_model
 from .errors import CheckpointError, DatasetError, PosterError

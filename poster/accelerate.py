@@ -62,6 +62,25 @@ def cpu_has_native_bf16() -> bool:
         pass
     return False
 
+def native_bf16(device: str | torch.device) -> bool:
+    """True where bf16 runs natively: a CUDA device that supports it, or a CPU with bf16
+    instructions (:func:`cpu_has_native_bf16`).  ``poster predict`` uses bf16 there by default."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def describe_inference(fast: "FastInference | None") -> str:
+    """How the model runs, for the INFO lines: ``"bf16 fast path (BN folded, channels-last)"``,
+    ``"fp32 fast path (...)"`` or ``"eager fp32"`` (``fast`` is None: the model as written)."""
+    if fast is None:
+        return "eager fp32"
+    parts = [f"{fast.folded_pairs} BN folded" if fast.folded_pairs else "", "channels-last" if fast.channels_last else "",
+             "compiled" if fast.compiled else ""]
+    return f"{fast.dtype} fast path ({', '.join(p for p in parts if p) or 'plain'})"
+
+
 def _attr_pair_types() -> tuple[type, ...]:
     """Modules whose ``forward`` applies ``self.bn(self.conv(x))`` (MobileFaceNet blocks)."""
     from .models.mobilefacenet import ConvBlock, LinearBlock

@@ -15,3 +15,7 @@ class CheckpointError(PosterError):
 
 class DatasetError(PosterError):
     """A dataset root, label file or image is missing or malformed."""
+
+
+class ColorOrderError(PosterError):
+    """A 3- or 4-channel numpy image was given without saying whether it is RGB or BGR."""

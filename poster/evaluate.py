@@ -64,8 +64,12 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
 
 
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 32, device: str | torch.device = "auto",
-             workers: int = 2, progress: bool = False) -> EvalResult:
-    """Accuracy, mean class accuracy, macro F1 and the confusion matrix of ``model`` on ``dataset``."""
+             workers: int = 2, progress: bool = False, class_mapping=None) -> EvalResult:
+    """Accuracy, mean class accuracy, macro F1 and the confusion matrix of ``model`` on ``dataset``.
+
+    ``class_mapping`` (``poster.data.classmap.map_classes``): the dataset's labels are translated
+    to the model's classes and the report is over the model's classes (a class the dataset lacks
+    has support 0); without it, label ``i`` is taken to be the model's class ``i``."""
     device = resolve_device(device)
     model = model.to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -73,6 +77,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 32, device
     start = time.perf_counter()
     logits, targets = predict_logits(model, loader, device, progress=progress)
     seconds = time.perf_counter() - start
-    num_classes = len(dataset.class_names)
-    report = classification_report(logits.argmax(dim=1).numpy(), targets, num_classes, dataset.class_names)
+    names = dataset.class_names
+    if class_mapping is not None:
+        targets, names = class_mapping.map_targets(targets), class_mapping.model_classes
+    report = classification_report(logits.argmax(dim=1).numpy(), targets, len(names), names)
     return EvalResult(logits=logits, targets=targets, report=report, seconds=seconds)

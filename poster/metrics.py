@@ -93,6 +93,17 @@ class ClassificationReport:
     def correct(self) -> int:
         return int(np.trace(self.confusion_matrix))
 
+    @property
+    def present_classes(self) -> tuple[int, ...]:
+        """Indices of the classes that have examples (support > 0)."""
+        return tuple(i for i, n in enumerate(self.support) if n > 0)
+
+    @property
+    def macro_f1_supported(self) -> float:
+        """F1 averaged over the classes that have examples only: the macro F1 of a dataset that
+        lacks some of the model's classes (their F1 is 0 by definition, not a measurement)."""
+        return float(np.mean([self.f1[i] for i in self.present_classes]))
+
     @classmethod
     def from_confusion_matrix(cls, cm: Any, class_names: Sequence[str] | None = None) -> "ClassificationReport":
         cm = np.asarray(cm)

@@ -9,7 +9,7 @@
     for face in result.faces:
         print(face.box, face.label, face.confidence, face.top_k(3))
 
-    rec.predict(frame, color="BGR")                           # numpy arrays: say their channel order
+    rec.predict(frame, color="BGR")                           # colour numpy arrays must say their order
     for r in rec.predict_many(paths): ...                      # faces of many images batched together
     for r in rec.predict_video("clip.mp4", smoothing=0.6): ... # one ImageResult per frame
 
@@ -21,6 +21,11 @@ the faces and their 5 landmarks; each face is aligned to the canonical template
 order and goes through exactly the checkpoint's evaluation transform
 (``EvalTransform(model.meta.input)``: PIL bilinear resize, /255, normalise); the model's logits
 become probabilities with a softmax.
+
+Colour numpy arrays carry no channel order of their own: ``cv2.imread`` and video frames are BGR,
+PIL / imageio / matplotlib arrays are RGB, and a wrong guess still gives plausible but different
+probabilities.  So a 3- or 4-channel array must come with ``color="BGR"`` or ``color="RGB"``
+(``ColorOrderError`` otherwise); paths, encoded bytes, PIL images and grey 2-D arrays need none.
 
 Decoding, detection and preprocessing run in a background thread while the model works on the
 previous batch (``prefetch``), and faces from several images or frames share a batch.
@@ -253,9 +258,13 @@ class Recognizer:
     metadata; ``Recognizer(None, backend=..., meta=...)`` needs no torch model at all.
     ``precision``: ``"fp32"`` (default; the exact function) or ``"bf16"`` (autocast with pre-cast
     weights, BN folded, channels-last: several times faster on GPUs and on CPUs with bf16
-    instructions such as AMX; probabilities within ~1e-2).  ``compile``: ``torch.compile`` the
-    model (frozen weights on CPU; the first batch pays the compile time).  Both build the backend
-    with ``poster.accelerate.prepare_inference``.  ``prefetch``: decode/detect in a background
+    instructions such as AMX; probabilities within ~1e-2); ``"auto"``: bf16 where it is native
+    (``poster.accelerate.native_bf16``), else fp32.  ``fast``: in fp32 too, fold the batch norms
+    and use channels-last (within the golden tolerance of the exact function, faster on CPUs;
+    what ``poster predict`` does unless ``--eager``).  ``compile``: ``torch.compile`` the
+    model (frozen weights on CPU; the first batch pays the compile time).  These build the backend
+    with ``poster.accelerate.prepare_inference`` (kept as ``fast_inference``; ``None`` when the
+    model runs as written).  ``prefetch``: decode/detect in a background
     thread while the model runs.
     """
 
@@ -264,7 +273,8 @@ class Recognizer:
                  batch_size: int = 32, backend: Backend | None = None, *, min_face: float = 0.0,
                  crop_size: int | None = DEFAULT_CROP_SIZE, template: np.ndarray | None = None,
                  detector_options: dict[str, Any] | None = None, meta=None, prefetch: bool = True,
-                 grayscale: bool | None = None, precision: str = "fp32", compile: bool = False) -> None:
+                 grayscale: bool | None = None, precision: str = "fp32", compile: bool = False,
+                 fast: bool = False) -> None:
         from .evaluate import resolve_device
 
         if batch_size < 1:
@@ -301,13 +311,18 @@ class Recognizer:
         self.min_face = float(min_face)
         self.crop_size = int(crop_size) if crop_size is not None else int(meta.input.input_size)
         self.template = template
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        if backend is None and self.model is not None and (precision == "bf16" or compile):
-            from .accelerate import prepare_inference
+        if precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+        from .accelerate import native_bf16, prepare_inference
 
-            backend = prepare_inference(self.model, self.device, precision, channels_last=precision == "bf16",
-                                        compile=compile, warmup_batch_sizes=())
+        if precision == "auto":
+            precision = "bf16" if native_bf16(self.device) else "fp32"
+        self.precision = precision
+        self.fast_inference = None
+        if backend is None and self.model is not None and (precision == "bf16" or compile or fast):
+            backend = self.fast_inference = prepare_inference(
+                self.model, self.device, precision, channels_last=precision == "bf16" or fast, compile=compile,
+                warmup_batch_sizes=())
         self.backend = backend if backend is not None else self._torch_logits
         self.prefetch = bool(prefetch)
 
@@ -341,12 +356,12 @@ class Recognizer:
             out.append(np.ascontiguousarray(crop[..., ::-1]) if self.channel_order == "RGB" else crop)
         return out
 
-    def _decode(self, item: Any, color: str) -> np.ndarray:
+    def _decode(self, item: Any, color: str | None) -> np.ndarray:
         if isinstance(item, (bytes, bytearray, memoryview)):
             return decode_image_bytes(item, "BGR")
         return to_uint8_array(item, "BGR", assume=color)
 
-    def _prepare(self, source: str, frame: int | None, item: Any, color: str) -> _Job:
+    def _prepare(self, source: str, frame: int | None, item: Any, color: str | None) -> _Job:
         job = _Job(source=source, frame=frame)
         try:
             image = self._decode(item, color)
@@ -411,9 +426,11 @@ class Recognizer:
         faces = [_make_face_result(f, p, self.class_names, i) for i, (f, p) in enumerate(zip(job.faces, job.probs))]
         return ImageResult(job.source, faces, job.frame, image=job.image if keep_image else None)
 
-    def predict(self, image: Any, color: str = "RGB", keep_image: bool = False) -> ImageResult:
+    def predict(self, image: Any, color: str | None = None, keep_image: bool = False) -> ImageResult:
         """All faces in one image: a path, a PIL image, encoded bytes or a uint8 numpy array (HxW, HxWx3,
-        HxWx4) whose channel order is ``color`` ("RGB", or "BGR" for OpenCV images).
+        HxWx4).  ``color``: the channel order of a colour array, "BGR" (OpenCV images and frames) or
+        "RGB" (PIL, imageio, matplotlib); required for 3- and 4-channel arrays (``ColorOrderError``
+        otherwise), ignored for everything else.
 
         An unreadable image raises ``DatasetError`` (``predict_many`` reports it instead)."""
         _check_color(color)
@@ -427,10 +444,12 @@ class Recognizer:
 
     __call__ = predict
 
-    def predict_many(self, images: Iterable[Any], color: str = "RGB", keep_images: bool = False) -> Iterator[ImageResult]:
+    def predict_many(self, images: Iterable[Any], color: str | None = None,
+                     keep_images: bool = False) -> Iterator[ImageResult]:
         """Results for many images, in order, their faces batched together (``batch_size``).
 
-        Items are like ``predict``'s, or ``(name, image)`` pairs to name arrays.  An item that cannot
+        Items are like ``predict``'s (``color`` as there), or ``(name, image)`` pairs to name arrays.
+        A colour array without ``color`` stops the iteration with ``ColorOrderError``.  An item that cannot
         be read gives an ``ImageResult`` with ``error`` set and the iteration goes on.  The input is
         consumed lazily (from a background thread when ``prefetch`` is on): memory stays bounded
         for any number of images.  Closing the returned iterator early stops the work."""
@@ -464,8 +483,8 @@ class Recognizer:
                 f"detector={self.detector!r}, channel_order={self.channel_order!r}, crop_size={self.crop_size})")
 
 
-def _check_color(color: str) -> None:
-    if color not in ("RGB", "BGR"):
+def _check_color(color: str | None) -> None:
+    if color is not None and color not in ("RGB", "BGR"):
         raise ValueError(f"color must be 'RGB' or 'BGR', got {color!r}")
 
 
@@ -605,50 +624,182 @@ def _class_colour(index: int) -> tuple[int, int, int]:
     return (b, g, r)
 
 
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_PANEL_BG = (40, 40, 40)
+_WHITE = (255, 255, 255)
+
+
+@dataclass
+class _Panel:
+    """The label and probability bars of one face, drawn beside it (never on it)."""
+
+    face: FaceResult
+    rows: list[tuple[str, float]]
+    width: int
+    height: int
+    x: int = 0
+    y: int = 0
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class _Style:
+    """Sizes derived from the picture's size, so that text stays legible on small pictures and
+    does not dominate large ones."""
+
+    scale: float
+    thick: int
+    row: int
+    pad: int
+    bar: int
+
+    @classmethod
+    def for_image(cls, height: int, width: int) -> "_Style":
+        side = min(height, width)
+        scale = float(np.clip(side / 900.0, 0.38, 1.1))
+        thick = max(1, int(round(side / 500.0)))
+        row = cv2.getTextSize("Hg", _FONT, scale, thick)[0][1] + int(round(8 * scale)) + 4
+        return cls(scale=scale, thick=thick, row=row, pad=max(2, int(round(6 * scale))),
+                   bar=max(30, int(round(110 * scale))))
+
+
+def _text_width(text: str, style: _Style) -> int:
+    return cv2.getTextSize(text, _FONT, style.scale, style.thick)[0][0]
+
+
+def _make_panel(face: FaceResult, top_k: int, style: _Style, tag: str = "") -> _Panel:
+    rows = face.top_k(top_k) if top_k > 0 else []
+    title = f"{tag}{face.label} {face.confidence * 100:.0f}%"
+    name_w = max((_text_width(n, style) for n, _ in rows), default=0)
+    width = max(_text_width(title, style), name_w + style.pad + style.bar) + 2 * style.pad
+    return _Panel(face, rows, width, style.row * (1 + len(rows)) + style.pad, tag=tag)
+
+
+def _box_px(box: Sequence[float]) -> tuple[int, int, int, int]:
+    x, y, w, h = box
+    return int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _place_inside(panel: _Panel, blocked: list[tuple[int, int, int, int]], height: int, width: int,
+                  gap: int) -> bool:
+    """Put the panel beside its face (right, left, below, above) where it fits in the picture and
+    covers no face and no other panel; False when there is no such place."""
+    x0, y0, x1, y1 = _box_px(panel.face.box)
+    pw, ph = panel.width, panel.height
+    clamp_y = min(max(0, y0), height - ph)
+    clamp_x = min(max(0, x0), width - pw)
+    for x, y in ((x1 + gap, clamp_y), (x0 - gap - pw, clamp_y), (clamp_x, y1 + gap), (clamp_x, y0 - gap - ph)):
+        rect = (x, y, x + pw, y + ph)
+        if x < 0 or y < 0 or rect[2] > width or rect[3] > height:
+            continue
+        if any(_overlaps(rect, b) for b in blocked):
+            continue
+        panel.x, panel.y = x, y
+        blocked.append(rect)
+        return True
+    return False
+
+
+def _draw_panel(out: np.ndarray, panel: _Panel, names: list[str], style: _Style) -> None:
+    x, y = panel.x, panel.y
+    face = panel.face
+    colour = _class_colour(names.index(face.label) if face.label in names else 0)
+    cv2.rectangle(out, (x, y), (x + panel.width - 1, y + panel.height - 1), _PANEL_BG, -1)
+    cv2.rectangle(out, (x, y), (x + panel.width - 1, y + style.row - 1), colour, -1)
+    baseline = y + style.row - int(round(style.row * 0.3))
+    cv2.putText(out, f"{panel.tag}{face.label} {face.confidence * 100:.0f}%", (x + style.pad, baseline), _FONT,
+                style.scale, _WHITE, style.thick, cv2.LINE_AA)
+    name_w = max((_text_width(n, style) for n, _ in panel.rows), default=0)
+    for r, (name, prob) in enumerate(panel.rows, start=1):
+        top = y + r * style.row
+        cv2.putText(out, name, (x + style.pad, top + style.row - int(round(style.row * 0.3))), _FONT, style.scale,
+                    _WHITE, style.thick, cv2.LINE_AA)
+        bx = x + 2 * style.pad + name_w
+        c = _class_colour(names.index(name) if name in names else r)
+        cv2.rectangle(out, (bx, top + 3), (bx + style.bar - 1, top + style.row - 3), (90, 90, 90), -1)
+        cv2.rectangle(out, (bx, top + 3), (bx + int(round((style.bar - 1) * prob)), top + style.row - 3), c, -1)
+
+
 def annotate(image_bgr: np.ndarray, result: ImageResult, top_k: int = 3, class_names: Sequence[str] | None = None,
-             draw_landmarks: bool = True) -> np.ndarray:
-    """A copy of ``image_bgr`` with, per face, its box, label + probability and a bar chart of the
-    ``top_k`` most probable classes (cv2 drawing; colours by class)."""
+             draw_landmarks: bool = False, extend_canvas: bool = True) -> np.ndarray:
+    """A copy of ``image_bgr`` with each face's box and, beside it, a panel with its label,
+    confidence and the bars of the ``top_k`` most probable classes (colours by class).
+
+    Nothing is drawn over a face: the panel goes right of, left of, below or above the box, where
+    it covers no face and no other panel, in text sized to the picture.  Where no such place
+    exists (a face filling the picture, a crowded group), the canvas is extended to the right and
+    the panel goes there, numbered like its face (``extend_canvas=False``, e.g. for video frames
+    that must keep their size: the panel is then put in the picture's top-left corner area,
+    over whatever is there).  ``draw_landmarks`` marks the 5 landmarks (on the face).
+    """
     out = np.ascontiguousarray(image_bgr.copy())
     h, w = out.shape[:2]
     names = list(class_names) if class_names is not None else (
         list(result.faces[0].probabilities) if result.faces else [])
-    base = max(h, w)
-    thick = max(1, round(base / 400))
-    font = cv2.FONT_HERSHEY_SIMPLEX
+    style = _Style.for_image(h, w)
+    boxes = [_box_px(f.box) for f in result.faces]
+    outline = style.thick + 1
+    blocked = [(x0 - outline - 1, y0 - outline - 1, x1 + outline + 1, y1 + outline + 1) for x0, y0, x1, y1 in boxes]
+    placed, homeless = [], []
     for face in result.faces:
-        x, y, bw, bh = face.box
+        panel = _make_panel(face, top_k, style)
+        (placed if _place_inside(panel, blocked, h, w, gap=outline + 2) else homeless).append(panel)
+    if homeless:
+        tagged = len(result.faces) > 1
+        homeless = [_make_panel(p.face, top_k, style, tag=f"{p.face.index + 1}: " if tagged else "")
+                    for p in homeless]
+        out = _extend_for(out, homeless, style) if extend_canvas else out
+        _stack_panels(homeless, start_x=w + style.pad if extend_canvas else 0, height=out.shape[0])
+    for face, (x0, y0, x1, y1) in zip(result.faces, boxes):
         colour = _class_colour(names.index(face.label) if face.label in names else 0)
-        p0 = (int(round(x)), int(round(y)))
-        p1 = (int(round(x + bw)), int(round(y + bh)))
-        cv2.rectangle(out, p0, p1, colour, thick + 1, cv2.LINE_AA)
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, outline, cv2.LINE_AA)
         if draw_landmarks and face.landmarks is not None:
             for lx, ly in face.landmarks:
-                cv2.circle(out, (int(round(lx)), int(round(ly))), thick + 1, (0, 255, 255), -1, cv2.LINE_AA)
-        # label above the box
-        scale = max(0.35, min(1.2, bw / 160.0))
-        text = f"{face.label} {face.confidence * 100:.0f}%"
-        (tw, th), baseline = cv2.getTextSize(text, font, scale, thick)
-        ty = p0[1] - 4 if p0[1] - th - baseline - 4 >= 0 else min(h - 1, p1[1] + th + 4)
-        cv2.rectangle(out, (p0[0], ty - th - baseline), (p0[0] + tw + 4, ty + baseline // 2), colour, -1)
-        cv2.putText(out, text, (p0[0] + 2, ty - baseline // 2), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
-        # probability bars under (or inside the bottom of) the box
-        rows = face.top_k(top_k) if top_k > 0 else []
-        if not rows:
-            continue
-        bar_h = max(6, int(round(th * 1.1)))
-        small = scale * 0.8
-        label_w = max(cv2.getTextSize(n, font, small, max(1, thick - 1))[0][0] for n, _ in rows) + 6
-        bar_w = max(int(bw) - label_w, label_w, 40)
-        y0 = p1[1] + 4
-        if y0 + len(rows) * (bar_h + 2) > h:
-            y0 = max(0, p1[1] - len(rows) * (bar_h + 2) - 2)
-        for r, (name, prob) in enumerate(rows):
-            yy = y0 + r * (bar_h + 2)
-            c = _class_colour(names.index(name) if name in names else r)
-            cv2.rectangle(out, (p0[0], yy), (p0[0] + label_w + bar_w, yy + bar_h), (40, 40, 40), -1)
-            cv2.putText(out, name, (p0[0] + 2, yy + bar_h - 2), font, small, (255, 255, 255), max(1, thick - 1),
-                        cv2.LINE_AA)
-            cv2.rectangle(out, (p0[0] + label_w, yy + 1), (p0[0] + label_w + int(round(bar_w * prob)), yy + bar_h - 1),
-                          c, -1)
+                cv2.circle(out, (int(round(lx)), int(round(ly))), outline, (0, 255, 255), -1, cv2.LINE_AA)
+    for panel in placed + homeless:
+        _draw_panel(out, panel, names, style)
+    if homeless and len(result.faces) > 1:
+        for panel in homeless:
+            _draw_face_number(out, panel, style, outline, boxes)
     return out
+
+
+def _extend_for(out: np.ndarray, panels: list[_Panel], style: _Style) -> np.ndarray:
+    """The picture with a dark strip on its right, wide and tall enough for ``panels``."""
+    h, w = out.shape[:2]
+    strip_w = max(p.width for p in panels) + 2 * style.pad
+    strip_h = max(h, sum(p.height + style.pad for p in panels) + style.pad)
+    canvas = np.full((strip_h, w + strip_w, 3), 20, np.uint8)
+    canvas[:h, :w] = out
+    return canvas
+
+
+def _stack_panels(panels: list[_Panel], start_x: int, height: int) -> None:
+    """Panels one under the other, each as near its face's height as the others allow."""
+    y = 0
+    for panel in sorted(panels, key=lambda p: p.face.box[1]):
+        wanted = int(round(panel.face.box[1]))
+        panel.x = start_x
+        panel.y = max(y, min(wanted, height - panel.height))
+        y = panel.y + panel.height + 2
+
+
+def _draw_face_number(out: np.ndarray, panel: _Panel, style: _Style, outline: int,
+                      boxes: list[tuple[int, int, int, int]]) -> None:
+    """The face's number just outside its box (above it, else below), matching the number in its
+    panel; left out where it would cover another face (the panels are in the faces' top-down order)."""
+    x0, y0, x1, y1 = _box_px(panel.face.box)
+    text = str(panel.face.index + 1)
+    (tw, th), base = cv2.getTextSize(text, _FONT, style.scale, style.thick)
+    others = [b for b in boxes if b != (x0, y0, x1, y1)]
+    for top in (y0 - outline - 2 - th - base, y1 + outline + 2):
+        rect = (x0, top, x0 + tw + 4, top + th + base)
+        if top < 0 or rect[3] > out.shape[0] or any(_overlaps(rect, b) for b in others):
+            continue
+        cv2.rectangle(out, rect[:2], rect[2:], _PANEL_BG, -1)
+        cv2.putText(out, text, (x0 + 2, top + th), _FONT, style.scale, _WHITE, style.thick, cv2.LINE_AA)
+        return

@@ -221,6 +221,19 @@ class TorchScriptBackend:
         return f"TorchScriptBackend({str(self.path)!r}, device={self.device})"
 
 
+def is_torchscript_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``code/`` and ``constants.pkl``), read from the
+    zip directory alone: nothing in it is loaded or run."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
 def detect_runtime(path: str | os.PathLike) -> str:
     """``onnx`` for ``*.onnx``, else ``torch`` (a checkpoint, read by the safe loader).
 

@@ -131,12 +131,14 @@ def test_errors_are_one_clear_line(rafdb_root, v1_checkpoint, tmp_path, capsys):
     assert "missing.pth" in err
 
 
-def test_class_count_mismatch_is_an_error(rafdb_root, tmp_path, capsys):
+def test_classes_that_match_no_name_are_an_error(rafdb_root, tmp_path, capsys):
+    """An 8-class file without class names on RAF-DB: nothing can be matched by name and the counts
+    differ, so the error names both class lists and the --class-map that settles it."""
     model = poster.create_model("poster_v1_small", num_classes=8, token_mixing=False)
     ckpt = poster.export_official(tmp_path / "affectnet8.pth", model, "v1")
     err = _error(capsys, ["test", "-c", str(ckpt), "--dataset", "rafdb", "--data", str(rafdb_root),
                           "-j", "0", "--no-progress", "-o", str(tmp_path / "o")])
-    assert "8 classes" in err and "7" in err
+    assert "'Surprise'" in err and "'class_7'" in err and "--class-map Surprise=" in err
 
 
 def test_unreadable_image_is_named(rafdb_root, v1_checkpoint, tmp_path, capsys):
@@ -150,3 +152,49 @@ def test_unreadable_image_is_named(rafdb_root, v1_checkpoint, tmp_path, capsys):
         err = _error(capsys, ["test", "-c", str(v1_checkpoint), "--dataset", "rafdb", "--data", str(root),
                               "-j", workers, "--no-progress", "-o", str(tmp_path / "o")])
         assert "test_00004_aligned.jpg" in err
+
+
+def test_fast_path_default_matches_eager_fp32(fer2013_dir, tmp_path, capsys):
+    """`poster test` runs the fp32 fast path (BN folded, channels-last) by default: its logits are
+    within the golden tolerance of the model as written, so published numbers reproduce."""
+    from poster.accelerate import prepare_inference
+    from poster.data import EvalTransform, build_dataset
+    from poster.evaluate import evaluate
+    from poster.predict import default_checkpoint
+
+    model = poster.load_model(default_checkpoint())
+    dataset = build_dataset("fer2013", fer2013_dir, "val", transform=EvalTransform(model.meta.input))
+    dataset.records = dataset.records[::150]  # 25 real faces of every class
+    eager = evaluate(model, dataset, workers=0, device="cpu")
+    fast = evaluate(prepare_inference(model, "cpu", "fp32", warmup_batch_sizes=()), dataset, workers=0, device="cpu")
+    tolerance = 1e-4 * max(1.0, eager.logits.abs().max().item())
+    assert (fast.logits - eager.logits).abs().max().item() <= tolerance
+    assert np.array_equal(fast.predictions, eager.predictions)
+
+    root = tmp_path / "fer"
+    for path, _ in dataset.records:
+        dest = root / "test" / path.split("/")[-2]
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / path.split("/")[-1]).write_bytes(open(path, "rb").read())
+    reports = {}
+    for name, extra in (("default", []), ("eager", ["--eager"])):
+        assert main(["test", "-c", default_checkpoint(), "--dataset", "fer2013", "--data", str(root), "-j", "0",
+                     "--no-progress", "--device", "cpu", "-o", str(tmp_path / name), *extra]) == 0
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert reports["default"]["inference"].startswith("fp32 fast path") and "channels-last" in reports["default"]["inference"]
+    assert reports["eager"]["inference"] == "eager fp32"
+    assert reports["default"]["confusion_matrix"] == reports["eager"]["confusion_matrix"]
+    assert (tmp_path / "default" / "predictions.csv").read_text() == (tmp_path / "eager" / "predictions.csv").read_text()
+
+
+def test_cpu_runs_set_a_passive_openmp_wait_policy_unless_the_user_chose_one():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, poster; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "PASSIVE"
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import poster
+from poster.accelerate import native_bf16
 from poster.cli import main
 from poster.data import FER2013_CLASSES, EvalTransform, load_image
 from poster.errors import CheckpointError, PosterError
@@ -128,8 +129,30 @@ def test_numpy_bgr_and_rgb_give_identical_results(model_rgb, astronaut_rgb):
         rec.predict(astronaut_rgb, color="rgb")
 
 
+def test_colour_arrays_must_say_their_channel_order(model_rgb, astronaut_rgb):
+    """A BGR OpenCV array passed without color= used to be read as RGB and silently changed the
+    probabilities; now every 3- and 4-channel array must name its order."""
+    from poster.errors import ColorOrderError
+
+    rec = Recognizer(model_rgb, detector="none")
+    bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
+    bgra = np.concatenate([bgr, np.full(bgr.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    for array in (bgr, bgra):
+        with pytest.raises(ColorOrderError, match='color="BGR".*OpenCV.*color="RGB"'):
+            rec.predict(array)
+    with pytest.raises(ColorOrderError):  # also from the background thread of predict_many
+        list(rec.predict_many([bgr]))
+    # Grey arrays, PIL images and encoded bytes carry no ambiguity and need no color=.
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    np.testing.assert_allclose(_probs(rec.predict(grey)), _probs(rec.predict(np.dstack([grey] * 3), color="BGR")))
+    np.testing.assert_allclose(_probs(rec.predict(Image.fromarray(astronaut_rgb))),
+                               _probs(rec.predict(bgr, color="BGR")), atol=1e-7)
+    png = cv2.imencode(".png", bgr)[1].tobytes()
+    np.testing.assert_allclose(_probs(rec.predict(png)), _probs(rec.predict(bgra, color="BGR")), atol=1e-7)
+
+
 def test_face_result_fields(model_rgb, astronaut_rgb):
-    result = Recognizer(model_rgb).predict(astronaut_rgb, keep_image=True)
+    result = Recognizer(model_rgb).predict(astronaut_rgb, color="RGB", keep_image=True)
     face = result.faces[0]
     assert isinstance(face, FaceResult) and result.frame is None and result.ok
     assert list(face.probabilities) == list(FER2013_CLASSES)
@@ -159,7 +182,7 @@ def test_predict_many_batches_faces_across_images_in_order(model_rgb, astronaut_
     bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
     items = [astronaut_rgb, grey, ("flipped", astronaut_rgb[:, ::-1]), corrupt, astronaut_rgb]
     rec = Recognizer(model_rgb, batch_size=2, backend=backend)
-    results = list(rec.predict_many(items))
+    results = list(rec.predict_many(items, color="RGB"))
     assert [r.source for r in results] == ["<array #0>", "<array #1>", "flipped", str(corrupt), "<array #4>"]
     assert [len(r.faces) for r in results] == [1, 0, 1, 0, 1]
     assert results[3].error and "corrupt.jpg" in results[3].error
@@ -179,22 +202,23 @@ def test_backend_alone_with_meta(model_rgb, astronaut_rgb):
 
     alone = Recognizer(None, backend=backend, meta=model_rgb.meta, detector="none")
     assert alone.model is None
-    np.testing.assert_allclose(_probs(alone.predict(astronaut_rgb)),
-                               _probs(Recognizer(model_rgb, detector="none").predict(astronaut_rgb)), atol=1e-7)
+    np.testing.assert_allclose(_probs(alone.predict(astronaut_rgb, color="RGB")),
+                               _probs(Recognizer(model_rgb, detector="none").predict(astronaut_rgb, color="RGB")),
+                               atol=1e-7)
     bad = Recognizer(None, backend=lambda b: torch.zeros(len(b), 3), meta=model_rgb.meta, detector="none")
     with pytest.raises(PosterError, match="shape"):
-        bad.predict(astronaut_rgb)
+        bad.predict(astronaut_rgb, color="RGB")
 
 
 def test_min_face_and_custom_detector(model_rgb, astronaut_rgb):
-    assert Recognizer(model_rgb, min_face=300).predict(astronaut_rgb).faces == []
+    assert Recognizer(model_rgb, min_face=300).predict(astronaut_rgb, color="RGB").faces == []
 
     class Halves:  # a detector with boxes only: the left and right halves of the picture
         def detect(self, image_bgr):
             h, w = image_bgr.shape[:2]
             return [poster.face.Face((0, 0, w // 2, h)), poster.face.Face((w // 2, 0, w - w // 2, h))]
 
-    result = Recognizer(model_rgb, detector=Halves()).predict(astronaut_rgb)
+    result = Recognizer(model_rgb, detector=Halves()).predict(astronaut_rgb, color="RGB")
     assert [f.box[0] for f in result.faces] == [0.0, 256.0] and result.faces[1].index == 1
 
 
@@ -255,7 +279,7 @@ def test_predict_many_is_lazy_and_stops_its_thread(model_rgb):
     grey = np.full((48, 48, 3), 128, np.uint8)
     rec = Recognizer(model_rgb, detector="none", batch_size=2)
     before = threading.active_count()
-    results = rec.predict_many(itertools.repeat(grey))  # endless input: only what is asked for is done
+    results = rec.predict_many(itertools.repeat(grey), color="BGR")  # endless input: only what is asked for is done
     first = list(itertools.islice(results, 3))
     assert [len(r.faces) for r in first] == [1, 1, 1]
     results.close()
@@ -493,13 +517,33 @@ def test_cli_runtimes_and_precisions_agree(checkpoint, astronaut_rgb, tmp_path, 
         (line,) = (tmp_path / name / "results.jsonl").read_text().splitlines()
         return json.loads(line)
 
-    exact = run("fp32", str(checkpoint))
+    exact = run("eager", str(checkpoint), "--eager")
     fast = run("bf16", str(checkpoint), "--precision", "bf16")
+    folded = run("fp32", str(checkpoint), "--precision", "fp32")
+    default = run("default", str(checkpoint))  # bf16 where native, else the fp32 fast path
     onnx = run("onnx", str(onnx_path))
-    assert exact["box"] == fast["box"] == onnx["box"]
+    assert exact["box"] == fast["box"] == onnx["box"] == default["box"]
     p = np.array([exact["probabilities"][c] for c in FER2013_CLASSES])
     np.testing.assert_allclose([onnx["probabilities"][c] for c in FER2013_CLASSES], p, atol=1e-4)
+    np.testing.assert_allclose([folded["probabilities"][c] for c in FER2013_CLASSES], p, atol=1e-4)
     np.testing.assert_allclose([fast["probabilities"][c] for c in FER2013_CLASSES], p, atol=2e-2)
+    same = fast if native_bf16("cpu") else folded
+    assert default["probabilities"] == same["probabilities"]
     capsys.readouterr()
     assert main(["predict", str(photo), "-c", str(onnx_path), "--precision", "bf16", "-o", str(tmp_path / "x")]) == 1
     assert "apply to the PyTorch runtime, not onnx" in capsys.readouterr().err
+    assert main(["predict", str(photo), "-c", str(checkpoint), "--eager", "--precision", "bf16", "-o",
+                 str(tmp_path / "y")]) == 1
+    assert "--eager" in capsys.readouterr().err
+
+
+def test_cli_info_line_names_runtime_and_precision(checkpoint, astronaut_rgb, tmp_path, caplog):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), astronaut_rgb[:, :, ::-1])
+    expected = "bf16 fast path" if native_bf16("cpu") else "fp32 fast path"
+    for extra, words in (([], expected), (["--eager"], "PyTorch eager fp32")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="poster"):
+            assert main(["predict", str(photo), "-c", str(checkpoint), "--device", "cpu", "--no-annotate", "-q",
+                         "-o", str(tmp_path / "o"), *extra]) == 0
+        assert any(words in r.getMessage() and "on cpu" in r.getMessage() for r in caplog.records), caplog.text

@@ -17,7 +17,7 @@ from poster.data.transforms import (
     to_normalized_tensor,
     to_uint8_array,
 )
-from poster.errors import DatasetError
+from poster.errors import ColorOrderError, DatasetError
 from poster.meta import InputConfig
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -192,13 +192,16 @@ def test_to_uint8_array_variants(tmp_path):
     rgb = _rand_image()
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     # numpy, with the assumed order
-    assert np.array_equal(to_uint8_array(rgb, "RGB"), rgb)
-    assert np.array_equal(to_uint8_array(rgb, "BGR"), bgr)
+    assert np.array_equal(to_uint8_array(rgb, "RGB", assume="RGB"), rgb)
+    assert np.array_equal(to_uint8_array(rgb, "BGR", assume="RGB"), bgr)
     assert np.array_equal(to_uint8_array(bgr, "RGB", assume="BGR"), rgb)
     assert np.array_equal(to_uint8_array(bgr, "BGR", assume="BGR"), bgr)
     # RGBA drops alpha; grey replicates
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
-    assert np.array_equal(to_uint8_array(rgba, "RGB"), rgb)
+    assert np.array_equal(to_uint8_array(rgba, "RGB", assume="RGB"), rgb)
+    for colour in (rgb, rgba):  # a colour array must say its order: OpenCV's BGR or RGB
+        with pytest.raises(ColorOrderError, match="color="):
+            to_uint8_array(colour, "RGB")
     grey = rgb[..., 0]
     out = to_uint8_array(grey, "BGR")
     assert out.shape == rgb.shape and np.array_equal(out[..., 2], grey)
@@ -215,7 +218,7 @@ def test_to_uint8_array_variants(tmp_path):
     assert np.array_equal(to_uint8_array(str(p), "BGR"), bgr)
     # bad inputs
     with pytest.raises(ValueError):
-        to_uint8_array(rgb.astype(np.float32))
+        to_uint8_array(rgb.astype(np.float32), assume="RGB")
     with pytest.raises(ValueError):
         to_uint8_array(np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(TypeError):

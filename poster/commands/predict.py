@@ -57,9 +57,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx", "torchscript"),
                    help="what runs the model: auto picks by the file (.onnx: ONNX Runtime; a TorchScript "
                         "export; else PyTorch)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="PyTorch runtime: fp32 (exact, default) or bf16 autocast with BN folding and "
-                        "channels-last (much faster on GPUs and AMX CPUs; probabilities within ~1e-2)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="PyTorch runtime, which runs BN-folded and channels-last: bf16 autocast (much faster "
+                        "on GPUs and on CPUs with bf16 instructions such as AMX; probabilities within ~1e-2) or "
+                        "fp32 (within 1e-4 of the exact function); auto (default): bf16 where it is native, "
+                        "else fp32")
+    p.add_argument("--eager", action="store_true",
+                   help="PyTorch runtime: run the model exactly as written in fp32 (no BN folding, no "
+                        "channels-last; slower)")
     p.add_argument("--compile", action="store_true",
                    help="PyTorch runtime: torch.compile the model (the first batch pays the compile time)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="faces per model batch (default 32)")
@@ -360,7 +365,7 @@ def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summar
             for face in result.faces:
                 writer.write(result.source, result.frame, face)
             if sink is not None and result.image is not None:
-                sink.write(annotate(result.image, result, args.top_k, rec.class_names))
+                sink.write(annotate(result.image, result, args.top_k, rec.class_names, extend_canvas=False))
     except BaseException:
         if sink is not None:
             written = sink.close()  # keep what was annotated so far (e.g. webcam stopped with Ctrl-C)
@@ -474,15 +479,15 @@ def _check_runtime(checkpoint: str, runtime: str) -> None:
     if runtime == "onnx" and path.suffix.lower() != ".onnx":
         raise PosterError(f"--runtime onnx needs an ONNX file, not {printable(checkpoint)}; export it first: "
                           f"poster export -c {printable(checkpoint)}")
-    if runtime == "torchscript" and _runtime_of(path) != "torchscript":
+    if runtime == "torchscript" and not is_torchscript_file(path):
         raise PosterError(f"--runtime torchscript needs a TorchScript export, not {printable(checkpoint)}; export it "
                           f"first: poster export -f torchscript -c {printable(checkpoint)}")
 
 
-def _runtime_of(path: Path) -> str:
-    from ..runtime import detect_runtime
+def is_torchscript_file(path: Path) -> bool:
+    from ..runtime import is_torchscript_file as check
 
-    return detect_runtime(path) if path.is_file() else "torch"
+    return path.is_file() and check(path)
 
 
 def _claim_output_dir(requested: str, exist_ok: bool) -> Path:
@@ -543,6 +548,7 @@ def _report_other(item: _Input, writer: _ResultsWriter, summary: _Summary) -> No
 
 
 def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, device: str):
+    from ..accelerate import describe_inference
     from ..predict import Recognizer
     from ..runtime import load_backend
 
@@ -551,13 +557,17 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
                   detector_options=options, crop_size=args.crop_size if args.crop_size > 0 else None,
                   grayscale=args.grayscale)
     if runtime == "torch":
-        rec = Recognizer(checkpoint, precision=args.precision, compile=args.compile, **common)
+        if args.eager and args.precision == "bf16":
+            raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
+        precision = "fp32" if args.eager else args.precision
+        rec = Recognizer(checkpoint, precision=precision, compile=args.compile, fast=not args.eager, **common)
+        engine = "PyTorch " + describe_inference(rec.fast_inference)
     else:
-        if args.precision != "fp32" or args.compile:
-            raise PosterError(f"--precision and --compile apply to the PyTorch runtime, not {runtime}")
+        if args.precision != "auto" or args.compile or args.eager:
+            raise PosterError(f"--precision, --eager and --compile apply to the PyTorch runtime, not {runtime}")
         backend, meta = load_backend(checkpoint, runtime, device=device)
         rec = Recognizer(None, backend=backend, meta=meta, **common)
-    engine = runtime if runtime != "torch" else "torch " + args.precision + (" compiled" if args.compile else "")
+        engine = {"onnx": "ONNX Runtime", "torchscript": "TorchScript"}[runtime]
     log.info("model %s (%s input, classes %s) on %s with %s; detector %s", printable(rec.meta.arch),
              rec.channel_order, printable(", ".join(rec.class_names)), rec.device, engine, args.detector)
     return rec

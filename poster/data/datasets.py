@@ -284,6 +284,8 @@ def folder_records(root: str | os.PathLike, split: str | None = None,
 
     Class order: ``class_names`` when given (each must be a folder, and any other class folder is
     an error), else the sorted folder names (ImageFolder's order; note "10" sorts before "2").
+    ``allow_empty_classes``: a listed class whose folder is empty or missing is kept, with no
+    images (evaluation on a dataset that lacks some classes).
     Hidden entries (starting with ".") are skipped; files directly in the split folder are
     ignored; file extensions are matched case-insensitively and sub-folders of a class folder are
     searched recursively.  Returns ``(records, class_names)``.
@@ -301,7 +303,7 @@ def folder_records(root: str | os.PathLike, split: str | None = None,
         if len(set(names)) != len(names):
             raise DatasetError(f"class_names has duplicates: {list(names)}")
         missing = [c for c in names if c not in folders]
-        if missing:
+        if missing and not allow_empty_classes:
             raise DatasetError(f"class folder(s) missing in {split_dir}: {missing} (found: {folders})")
         extra = [f for f in folders if f not in names]
         if extra:
@@ -310,7 +312,7 @@ def folder_records(root: str | os.PathLike, split: str | None = None,
     records: list[Record] = []
     empty: list[str] = []
     for label, cname in enumerate(names):
-        files = _list_images(split_dir / cname)
+        files = _list_images(split_dir / cname) if cname in folders else []
         if not files:
             empty.append(cname)
         records.extend((str(f), label) for f in files)
@@ -400,14 +402,17 @@ class ImageListDataset(Dataset):
 
 def build_dataset(name: str, root: str | os.PathLike, split: str | None,
                   transform: Callable[[Any], Any] | None = None, channel_order: str | None = None,
-                  class_names: Sequence[str] | None = None, check_files: bool = True) -> ImageListDataset:
+                  class_names: Sequence[str] | None = None, check_files: bool = True,
+                  allow_empty_classes: bool = False) -> ImageListDataset:
     """Build a dataset by layout name.
 
     ``name``: ``rafdb`` (SPEC 5.3), ``affectnet7`` / ``affectnet8`` (SPEC 5.4), ``folder``
     (class-per-folder, sorted folder names unless ``class_names``), ``fer2013`` (folder layout
     with ``FER2013_CLASSES``).  For rafdb/affectnet, ``class_names`` may rename the classes but
     must have the right length.  ``check_files=False`` skips the per-image existence check of the
-    label-file layouts (useful for huge sets on slow disks).  ``channel_order``: see
+    label-file layouts (useful for huge sets on slow disks).  ``allow_empty_classes``: folder
+    layouts accept classes without images (``fer2013`` also without their folder), for evaluating
+    on data that lacks some classes (``poster test``).  ``channel_order``: see
     ``ImageListDataset``; note the released V1 RAF-DB weights expect BGR.
     """
     key = str(name).lower().replace("-", "").replace("_", "")
@@ -423,11 +428,11 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None,
         records = affectnet_records(root, split or "", 8, check_files, origins=origins)
         default = AFFECTNET8_CLASSES
     elif key in ("folder", "imagefolder"):
-        records, names = folder_records(root, split, class_names)
+        records, names = folder_records(root, split, class_names, allow_empty_classes)
         default, class_names, key = names, None, "folder"
     elif key in ("caers", "caer"):
         # CAER-S ships as class folders (<root>/train/<class>, <root>/test/<class>).
-        records, names = folder_records(root, split, class_names)
+        records, names = folder_records(root, split, class_names, allow_empty_classes)
         default, class_names, key = names, None, "caers"
     elif key == "ferplus":
         from .ferplus import FERPLUS_CLASSES, ferplus_records
@@ -435,7 +440,8 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None,
         records, _ = ferplus_records(root, split or "train")
         default = FERPLUS_CLASSES
     elif key == "fer2013":
-        records, names = folder_records(root, split, class_names if class_names is not None else FER2013_CLASSES)
+        records, names = folder_records(root, split, class_names if class_names is not None else FER2013_CLASSES,
+                                        allow_empty_classes)
         default, class_names = names, None
     else:
         raise DatasetError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}")

@@ -13,7 +13,10 @@ Channel-order conventions used throughout:
   the array in the requested order.
 * ``EvalTransform`` takes an array already in its config's order and never reorders it.
 * ``to_uint8_array(image, channel_order, assume)`` turns "anything image-like" (a path, a PIL
-  image, a numpy array whose order is ``assume``) into an array in ``channel_order``.
+  image, a numpy array whose order is ``assume``) into an array in ``channel_order``.  A colour
+  numpy array carries no channel order of its own (OpenCV gives BGR, PIL/imageio/matplotlib give
+  RGB, and a wrong guess silently changes the probabilities), so ``assume`` has no default: a
+  3- or 4-channel array without it is a ``ColorOrderError``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DatasetError
+from ..errors import ColorOrderError, DatasetError
 from ..meta import InputConfig
 from .imagelimits import check_pixel_budget, read_image_file
 
@@ -43,8 +46,23 @@ __all__ = [
     "EvalTransform",
 ]
 
-# File endings the folder datasets pick up (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+def _decodable(extension: str) -> bool:
+    """True when this OpenCV build can write and read back ``extension`` (GIF and AVIF support
+    depends on the OpenCV version and build)."""
+    try:
+        ok, buf = cv2.imencode(extension, np.zeros((8, 8, 3), np.uint8))
+        return bool(ok) and cv2.imdecode(buf, cv2.IMREAD_COLOR) is not None
+    except cv2.error:
+        return False
+
+
+# File endings that the folder datasets, ``poster test``, ``poster train`` and ``poster predict``
+# pick up (compared case-insensitively): the formats OpenCV reads.  Left out: OpenEXR (disabled in
+# OpenCV unless an environment variable enables it) and PFM (floats decoded without scaling to 8 bits).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".jp2",
+                    ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras", ".hdr", ".pic") + tuple(
+    e for e in (".gif", ".avif") if _decodable(e))
 CHANNEL_ORDERS = ("RGB", "BGR")
 
 _PIL_FILTERS = {
@@ -157,16 +175,22 @@ def load_image(path: str | os.PathLike, channel_order: str = "RGB") -> np.ndarra
     return decode_image_bytes(buf, channel_order, name=str(p))
 
 
-def to_uint8_array(image: ImageLike, channel_order: str = "RGB", assume: str = "RGB") -> np.ndarray:
+COLOR_ORDER_HINT = ('pass color="BGR" for OpenCV images (cv2.imread, cv2.VideoCapture) or color="RGB" '
+                    "for PIL, imageio, matplotlib and scikit-image arrays")
+
+
+def to_uint8_array(image: ImageLike, channel_order: str = "RGB", assume: str | None = None) -> np.ndarray:
     """Turn a path, PIL image or numpy array into an HxWx3 uint8 array in ``channel_order``.
 
     * path (str / PathLike): decoded with ``load_image``.
     * PIL image: converted to RGB first (its modes define the channel meaning).
-    * numpy array: HxW (grey), HxWx1, HxWx3 or HxWx4 (alpha dropped), dtype uint8; its channels
-      are taken to be in ``assume`` order ("RGB" or "BGR", e.g. "BGR" for ``cv2.imread`` output).
+    * numpy array: HxW (grey), HxWx1, HxWx3 or HxWx4 (alpha dropped), dtype uint8.  The channels
+      of a 3- or 4-channel array are in ``assume`` order ("RGB", or "BGR" for ``cv2.imread``
+      output), which must be given: ``ColorOrderError`` otherwise.  Grey arrays need none.
     """
     _check_order(channel_order)
-    _check_order(assume, "assume")
+    if assume is not None:
+        _check_order(assume, "assume")
     if isinstance(image, (str, os.PathLike)):
         return load_image(image, channel_order)
     if isinstance(image, Image.Image):
@@ -186,6 +210,8 @@ def to_uint8_array(image: ImageLike, channel_order: str = "RGB", assume: str = "
         raise ValueError(f"image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
     if arr.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(arr, 3, axis=2))
+    if assume is None:
+        raise ColorOrderError(f"a {arr.shape[2]}-channel numpy image needs its channel order: {COLOR_ORDER_HINT}")
     return _reorder(arr[:, :, :3], assume, channel_order)
 
 
