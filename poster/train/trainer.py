@@ -35,6 +35,7 @@ from .augment import AugmentConfig, BatchAugment
 from .data import EpochSampler, UInt8ImageDataset, balanced_weights, stratified_split
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, cleanup, init_distributed
 from .losses import build_loss
+from . import runfiles
 from .recipes import Recipe
 from .sam import SAM
 
@@ -316,13 +317,16 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = self._training_state(epoch_done)
-        for name in ("last.pth", "best.pth") if is_best else ("last.pth",):
+
+        def write(path: Path) -> None:
             try:
-                save_checkpoint(self.out / name, self.model, self.meta, training=state)
+                save_checkpoint(path, self.model, self.meta, training=state)
             except OSError as e:
-                raise PosterError(f"could not write {self.out / name} after epoch {epoch_done}: "
-                                  f"{e.strerror or e}; the previous {name} is intact (writes are atomic). "
-                                  "Free space and continue with --resume") from e
+                raise PosterError(f"could not write {path} after epoch {epoch_done}: {e.strerror or e}; "
+                                  f"{runfiles.LAST} and {runfiles.BEST} of the previous epochs are intact and "
+                                  "agree (writes are atomic). Free space and continue with --resume") from e
+
+        runfiles.commit_epoch(self.out, write, is_best)
 
     def _remove_stale_temporaries(self) -> None:
         """Half-written checkpoint temporaries of the interrupted run (the finished files are intact)."""
@@ -341,9 +345,9 @@ class Trainer:
         state = wf.info.get("training")
         if not isinstance(state, dict):
             raise PosterError(f"{path}: has no training state to resume from")
-        if state["recipe"] != self.recipe.to_dict():
-            changed = sorted(k for k in state["recipe"] if state["recipe"][k] != self.recipe.to_dict().get(k))
-            raise PosterError(f"--resume: the recipe differs from the interrupted run's in {changed}")
+        self._check_resumable_recipe(state["recipe"], int(state["epoch"]))
+        if self.dist.is_main:
+            runfiles.recover(self.out, runfiles.best_epoch_of(wf))
         load_state_dict_checked(self.model, wf.state_dict, str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -355,6 +359,20 @@ class Trainer:
         self.best = dict(state["best"])
         self.history = list(state["history"])
         self._log("resumed from %s after epoch %d (step %d)", path, self.start_epoch, self.global_step)
+
+    def _check_resumable_recipe(self, saved: dict[str, Any], epochs_done: int) -> None:
+        """The recipe must be the interrupted run's, except that ``epochs`` may grow (extend a run)."""
+        now = self.recipe.to_dict()
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if changed == ["epochs"] and now["epochs"] >= epochs_done:
+            self._log("extending the run from %d to %d epochs", saved["epochs"], now["epochs"])
+            return
+        if changed == ["epochs"]:
+            raise PosterError(f"--resume: the run has already done {epochs_done} epochs; epochs={now['epochs']} "
+                              "would end it before where it stands")
+        if changed:
+            raise PosterError(f"--resume: the recipe differs from the interrupted run's in {changed} "
+                              "(only epochs may change, to extend a run)")
 
     # ------------------------------------------------------------------ steps
 
@@ -509,8 +527,8 @@ class Trainer:
         from ..data import abbreviate
         from ..plots import plot_confusion_matrix
 
-        best = read_weight_file(self.out / "best.pth")
-        load_state_dict_checked(self.model, best.state_dict, str(self.out / "best.pth"))
+        best = runfiles.check_best(self.out, self.best["epoch"])
+        load_state_dict_checked(self.model, best.state_dict, str(self.out / runfiles.BEST))
         result: dict[str, Any] = {"recipe": self.recipe.name, "select_on": self.opt.select_on,
                                   "best_epoch": self.best["epoch"], "epochs": self.recipe.epochs,
                                   "best_checkpoint": str(self.out / "best.pth")}
