@@ -3,6 +3,7 @@ exact flips, bit-identical model outputs, disk reuse/invalidation, augmentation 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -265,3 +266,27 @@ def test_check_and_cache_decodes_each_image_once_and_equals_the_plain_build(imag
     assert cache.key == plain.key and len(cache) == len(records)
     with pytest.raises(DatasetError, match="broken.jpg"):
         cache_mod.check_and_cache(with_bad, "RGB", workers=1)
+
+
+def test_reused_disk_cache_is_verified_against_its_build_record(image_files, tmp_path):
+    from poster.errors import PosterError
+
+    store = tmp_path / "cache"
+    records = _records(image_files[:3])
+    built = build_uint8_cache(records, "RGB", path=store)
+    record = json.loads(built.path.with_suffix(".json").read_text())
+    assert record["bytes"] == built.path.stat().st_size and len(record["sha256"]) == 64
+    assert build_uint8_cache(records, "RGB", path=store).reused  # intact: reused
+    pristine = built.path.read_bytes()
+    # zeroed pixels (same size): the checksum catches it
+    header_end = len(pristine) - int(np.prod(built.data.shape))
+    built.path.write_bytes(pristine[:header_end] + bytes(len(pristine) - header_end))
+    with pytest.raises(PosterError, match="changed since it was built"):
+        build_uint8_cache(records, "RGB", path=store)
+    built.path.write_bytes(pristine[:-100])  # truncated
+    with pytest.raises(PosterError, match="bytes, its build record says"):
+        build_uint8_cache(records, "RGB", path=store)
+    built.path.write_bytes(pristine)
+    built.path.with_suffix(".json").unlink()  # no record: never trusted
+    with pytest.raises(PosterError, match="no readable build record"):
+        build_uint8_cache(records, "RGB", path=store)

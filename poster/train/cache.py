@@ -57,6 +57,7 @@ from PIL import Image
 
 from ..data import load_image
 from ..errors import PosterError
+from ..fileio import atomic_write_text
 from ..meta import IMAGENET_MEAN, IMAGENET_STD
 from .augment import AugmentConfig, _rand, _randn, sample_erasing_boxes, to_grey3_uint8
 
@@ -286,8 +287,10 @@ def _write_cache_file(final: Path, shape: tuple[int, ...], records, channel_orde
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         info = {"version": CACHE_VERSION, "key": key, "images": len(records), "channel_order": channel_order,
-                "size": size, "phases": shape[1], "first": records[0][0] if records else None}
-        (final.parent / (final.stem + ".json")).write_text(json.dumps(info, indent=2))
+                "size": size, "phases": shape[1], "first": records[0][0] if records else None,
+                "shape": list(shape), "bytes": os.path.getsize(tmp), "sha256": _file_sha256(Path(tmp))}
+        # The record goes first: a published cache file always has the record it is checked against.
+        atomic_write_text(_record_path(final), json.dumps(info, indent=2))
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -296,7 +299,42 @@ def _write_cache_file(final: Path, shape: tuple[int, ...], records, channel_orde
              np.prod(shape) / 1e6, time.perf_counter() - start)
 
 
+def _record_path(final: Path) -> Path:
+    return final.parent / (final.stem + ".json")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_cache_file(final: Path, key: str, shape: tuple[int, ...]) -> None:
+    """A cache built earlier must still be what was built: size and SHA-256 against its record.
+
+    The file is trusted for training only after this check (a zeroed, truncated or swapped file
+    would otherwise train the model on garbage without a word).
+    """
+    def refuse(problem: str) -> PosterError:
+        return PosterError(f"image cache {final} {problem}; delete it (and {_record_path(final).name}) to rebuild it")
+
+    try:
+        info = json.loads(_record_path(final).read_text())
+    except (OSError, ValueError) as e:
+        raise refuse(f"has no readable build record ({type(e).__name__})") from None
+    if not isinstance(info, dict) or info.get("key") != key or info.get("shape") != list(shape):
+        raise refuse("does not match its build record (key or shape)")
+    if os.path.getsize(final) != info.get("bytes"):
+        raise refuse(f"has {os.path.getsize(final)} bytes, its build record says {info.get('bytes')}")
+    if _file_sha256(final) != info.get("sha256"):
+        raise refuse("has changed since it was built (SHA-256 differs from its build record)")
+
+
 def _open(final: Path, shape, labels, channel_order, size, key, reused: bool) -> UInt8Cache:
+    if reused:
+        verify_cache_file(final, key, shape)
     data = np.load(final, mmap_mode="r")
     if data.shape != shape or data.dtype != np.uint8:
         raise PosterError(f"{final}: cache file has shape {data.shape} {data.dtype}, expected {shape} uint8; "
