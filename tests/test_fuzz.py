@@ -16,6 +16,8 @@ ASCII names; the tests here add names with spaces / non-ASCII, label offsets, ar
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 import time
 
 import cv2
@@ -296,3 +298,26 @@ def test_decode_image_bytes_arbitrary_bytes(data):
         assert "junk.bin" in str(e)
         return
     assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3
+
+
+# ------------------------------------------------------------------------------ checkpoint reader, mutated files
+
+
+def test_mutated_checkpoints_are_loaded_or_refused_never_crash(tmp_path):
+    """A bounded mutation loop over real zip and legacy checkpoint files (byte flips, insertions,
+    deletions, huge numbers; half of them inside a still-valid zip so the unpickler is reached), in a
+    child process with a 3 GiB address-space cap: every input loads or is a CheckpointError; no other
+    exception, no signal, no allocation the file did not pay for."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    report = tmp_path / "fuzz.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fuzz_checkpoint_worker.py")), "7", "30",
+                           "3000", str(report)], env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # a negative code is a signal
+    result = json.loads(report.read_text())
+    assert result["failures"] == [], result["failures"][0]["error"]
+    assert result["iterations"] >= 100 and result["refused"] > 0 and result["loaded"] > 0, result

@@ -41,6 +41,7 @@ import os
 import pickle
 import re
 import threading
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -383,7 +384,7 @@ def _check_zip_records(f, path: Path, file_size: int) -> None:
     try:
         with zipfile.ZipFile(f) as z:
             infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, ValueError ... on damaged headers
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint (cannot read the zip archive: {_short(e)})") \
             from None
     for info in infos:
@@ -625,7 +626,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                 f"{p}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle file)"
             )
         f.seek(0)
-        with _LOAD_LOCK, _Allow(_extra_globals(names)):
+        with _LOAD_LOCK, _Allow(_extra_globals(names)), warnings.catch_warnings():
+            # torch warns about pickle protocols other than 2; a damaged file is refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             try:
                 # Never weights_only=False. A file object (not the path) so torch reads exactly the bytes
                 # that were scanned and does not dispatch on the file name (e.g. '.safetensors').
