@@ -139,7 +139,12 @@ class FrameReader:
 
 
 class VideoSink:
-    """An MP4 (``mp4v``) writer that opens on the first frame and renames into place on ``close``."""
+    """An MP4 (``mp4v``) writer that opens on the first frame and renames into place on ``close``.
+
+    Frames of an odd width or height go to an MJPEG ``.avi`` instead (``self.path`` changes suffix):
+    OpenCV's FFmpeg writers encode 4:2:0 and round such sizes down, losing the last row or column,
+    while OpenCV's own MJPEG writer keeps the exact size.
+    """
 
     def __init__(self, path: str | os.PathLike, fps: float = 25.0, fourcc: str = "mp4v") -> None:
         self.path = Path(path)
@@ -148,7 +153,6 @@ class VideoSink:
         self._writer: cv2.VideoWriter | None = None
         self._tmp: str | None = None
         self._size: tuple[int, int] | None = None
-        self._padding = (0, 0)
         self.frames_written = 0
 
     def write(self, frame_bgr: np.ndarray) -> None:
@@ -157,23 +161,20 @@ class VideoSink:
             self._open((w, h))
         if (w, h) != self._size:
             frame_bgr = cv2.resize(frame_bgr, self._size, interpolation=cv2.INTER_AREA)
-        if self._padding != (0, 0):
-            frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, self._padding[1], 0, self._padding[0], cv2.BORDER_REPLICATE)
         self._writer.write(np.ascontiguousarray(frame_bgr))
         self.frames_written += 1
 
     def _open(self, size: tuple[int, int]) -> None:
+        odd = size[0] % 2 or size[1] % 2
+        if odd:
+            self.path, self.fourcc = self.path.with_suffix(".avi"), "MJPG"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
                                          dir=self.path.parent)
         os.close(fd)
         os.chmod(self._tmp, default_file_mode())  # mkstemp's 0600 would outlive the rename
-        # OpenCV's FFmpeg writers encode 4:2:0 and silently drop an odd last row or column; encoding
-        # an even size (the edge row/column repeated once) keeps every pixel of the input instead
-        w, h = size
-        self._padding = (w % 2, h % 2)
-        self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
-                                       (w + w % 2, h + h % 2))
+        backend = (cv2.CAP_OPENCV_MJPEG,) if odd else ()
+        self._writer = cv2.VideoWriter(self._tmp, *backend, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
         if not self._writer.isOpened():
             self.abort()
             raise PosterError(f"cannot write video {self.path} (codec {self.fourcc!r} unavailable in OpenCV)")

@@ -321,20 +321,29 @@ def test_killed_run_does_not_leave_the_previous_results(ckpt, tmp_path, capsys):
     assert not (out / "results.jsonl").exists()
 
 
-def test_annotated_video_keeps_every_pixel_of_an_odd_sized_input(tmp_path):
+@pytest.mark.parametrize("size", [(75, 101), (76, 100)])
+def test_annotated_video_keeps_the_exact_size(tmp_path, size):
     from poster.video import VideoSink
 
-    sink = VideoSink(tmp_path / "odd.mp4", fps=10)
-    frame = np.zeros((75, 101, 3), np.uint8)
-    frame[-1, :] = 255  # the last row and column, which the encoder used to drop
+    h, w = size
+    sink = VideoSink(tmp_path / "clip.mp4", fps=10)
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[-1, :] = 255  # the last row and column, which 4:2:0 encoders drop at odd sizes
     frame[:, -1] = 255
     for _ in range(3):
         sink.write(frame)
-    cap = cv2.VideoCapture(str(sink.close()))
-    ok, back = cap.read()
+    written = sink.close()
+    assert written.suffix == (".avi" if h % 2 or w % 2 else ".mp4")
+    cap = cv2.VideoCapture(str(written))
+    frames = []
+    while True:
+        ok, back = cap.read()
+        if not ok:
+            break
+        frames.append(back)
     cap.release()
-    assert ok and back.shape[0] >= 75 and back.shape[1] >= 101
-    assert back[74, :100].mean() > 200 and back[:74, 100].mean() > 200  # still there
+    assert len(frames) == 3 and all(f.shape == (h, w, 3) for f in frames)
+    assert frames[0][h - 1, : w - 1].mean() > 200 and frames[0][: h - 1, w - 1].mean() > 200
 
 
 # -- item 11: terminal and CSV injection -------------------------------------------------------
