@@ -19,7 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Bounds on what metadata may say: it comes from files, and every one of these numbers sizes an
 # allocation (the classifier head, every face resized to input_size squared) before anything else
 # can object.  Generous for any real FER model, tiny next to what a crafted file could ask for.
-MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 1024
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024
 MAX_CLASSES = 1000
 MAX_NAME_LENGTH = 64
 

@@ -152,7 +152,7 @@ _metas = st.builds(
     # printable class names (control characters are refused, see test_hostile_files.py)
     st.lists(st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zl", "Zp")), min_size=1, max_size=12)
              .filter(str.strip), min_size=1, max_size=10),
-    st.integers(16, 1024),
+    st.integers(8, 1024),
     st.sampled_from(["RGB", "BGR"]),
     st.tuples(_floats, _floats, _floats),
     st.tuples(*[st.floats(0.125, 10, width=32)] * 3),  # std must be positive
