@@ -33,7 +33,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError
+from .errors import CheckpointError, WeightsUnavailable
 from .fileio import atomic_write_text
 from .pretrained import Release, local_release_file, release_path, weights_dir
 
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 
 _GOOGLE_HOSTS = ("https://drive.google.com", "https://drive.usercontent.google.com", "https://docs.google.com")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class WeightsUnavailable(CheckpointError):
-    """A release's file is not here and could not (or may not) be downloaded."""
 
 
 def is_offline() -> bool:

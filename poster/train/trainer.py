@@ -25,7 +25,7 @@ from ..checkpoint.formats import read_weight_file, save_checkpoint
 from ..checkpoint.loading import load_backbone_weights, load_state_dict_checked
 from ..data import EvalTransform, build_dataset
 from ..data.datasets import check_images
-from ..errors import PosterError
+from ..errors import PosterError, TrainingDiverged
 from ..evaluate import predict_logits, resolve_device
 from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..meta import ModelMeta
@@ -40,10 +40,6 @@ from .recipes import Recipe
 from .sam import SAM
 
 log = logging.getLogger("poster.train")
-
-
-class TrainingDiverged(PosterError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
