@@ -9,6 +9,8 @@ Library messages name the Python parameter or field (``batch_size must be >= 1``
 command-line layer words them as its flags where it validates its own options.
 """
 
+import contextlib
+
 
 class PosterError(Exception):
     """Base class of user-facing errors; the message must say what and where."""
@@ -44,3 +46,40 @@ class RunFolderBusy(PosterError):
 
 class TrainingDiverged(PosterError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# How messages name an option.  The library speaks to Python callers (``skip_bad=True``); while
+# the command line runs (``flag_wording()``), the same message names the flag (``--skip-bad``).
+# A process-wide switch rather than a context variable, so that messages raised in prefetch
+# threads and forked DataLoader workers read the same way.
+_flag_wording = False
+
+
+def option(name: str, value: object = None, *, python: str | None = None) -> str:
+    """The option ``name`` (set to ``value``) as the current reader spells it.
+
+    ``option("skip_bad", True)`` is ``skip_bad=True`` in Python and ``--skip-bad`` on the command
+    line; ``option("device", "cpu")`` is ``device='cpu'`` or ``--device cpu``; ``option("resume")``
+    is ``resume`` or ``--resume``.  ``python`` replaces the Python spelling where the flag's value
+    is a command-line syntax of its own (``--class-map a=b`` is ``explicit={'a': 'b'}``).
+    """
+    if not _flag_wording:
+        return python if python is not None else name if value is None else f"{name}={value!r}"
+    flag = "--" + name.replace("_", "-")
+    return flag if value is None or value is True else f"{flag} {value}"
+
+
+def flag_words() -> bool:
+    """True while the command line runs: messages name ``--flags``."""
+    return _flag_wording
+
+
+@contextlib.contextmanager
+def flag_wording():
+    """While the CLI runs, messages name ``--flags`` instead of parameters."""
+    global _flag_wording
+    before, _flag_wording = _flag_wording, True
+    try:
+        yield
+    finally:
+        _flag_wording = before

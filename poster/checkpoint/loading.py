@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.labels import DATASET_CLASSES
-from ..errors import CheckpointError
+from ..errors import CheckpointError, option
 from ..meta import MAX_CLASSES, InputConfig, ModelMeta
 from ..models import create_model, list_models
 from ..models.poster_v1 import DEPTHS
@@ -166,7 +166,7 @@ def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
                            channel_order: str | None = None) -> nn.Module:
     if wf.kind == "landmark":
         raise CheckpointError(f"{wf.path}: this is the MobileFaceNet landmark backbone, not a POSTER model; "
-                              "give it to training as --landmark")
+                              f"give it to training as {option('landmark')}")
     if wf.meta is not None:
         meta = wf.meta
         arch, options = _arch_from_meta(wf)

@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from torch.utils.data import Dataset
 
-from ..errors import DatasetError
+from ..errors import DatasetError, option
 from .labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
 from .transforms import CHANNEL_ORDERS, IMAGE_EXTENSIONS, load_image
 
@@ -515,4 +515,4 @@ def check_images(records: Sequence[Record], skip_bad: bool = False, *,
 
 def _bad_image_error(path: str, why: str, origins: dict[str, str]) -> DatasetError:
     where = f"{origins[path]}: " if path in origins else ""
-    return DatasetError(f"{where}{why} (use --skip-bad to skip and count bad images instead)")
+    return DatasetError(f"{where}{why} (use {option('skip_bad', True)} to skip and count bad images instead)")
