@@ -52,7 +52,8 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], path: str = "") -
 
 
 def release_meta(arch: str, options: Mapping[str, Any], dataset: str | None, source: str) -> ModelMeta:
-    """Metadata of an official release: class order and channel order by dataset (SPEC 5)."""
+    """Metadata of an official release: class order and channel order by dataset
+    (docs/faithfulness.md#channel-order)."""
     num_classes = int(options["num_classes"])
     if dataset is None:
         if arch.startswith("poster_v1"):
@@ -223,7 +224,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
 
 
 def remap_ir50_for_v2(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``body.0-2/3-6/7-20`` -> ``body1.0-2/body2.0-3/body3.0-13`` (SPEC 4.2)."""
+    """``body.0-2/3-6/7-20`` -> ``body1.0-2/body2.0-3/body3.0-13`` (docs/faithfulness.md#ir-50-trunk)."""
     offsets, start = {}, 0
     for stage, count in _V2_STAGE_OF_UNIT:
         for j in range(count):

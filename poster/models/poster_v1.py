@@ -1,4 +1,4 @@
-"""POSTER V1: pyramid cross-fusion transformer (SPEC 2).
+"""POSTER V1: pyramid cross-fusion transformer (docs/faithfulness.md#poster-v1).
 
 Image tokens come from the IR-50 trunk, landmark tokens from the frozen
 MobileFaceNet; a pyramid of cross-attention blocks at widths 512/256/128 fuses
@@ -45,7 +45,7 @@ class CrossAttention(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    """One cross-fusion block over 100 tokens (SPEC 2.3).
+    """One cross-fusion block over 100 tokens (docs/faithfulness.md#poster-v1).
 
     Image tokens attend with the landmark tokens as queries and vice versa; both
     branches read the block input.  ``token_mixing`` adds the RAF-DB release's
@@ -80,14 +80,14 @@ class CrossBlock(nn.Module):
 
 
 class PyramidBlock(nn.Module):
-    """Large/medium/small cross blocks, then small->medium and medium->large fusion (SPEC 2.4)."""
+    """Large/medium/small cross blocks, then small->medium and medium->large fusion (docs/faithfulness.md#poster-v1)."""
 
     def __init__(self, drop_path: float, token_mixing: bool):
         super().__init__()
         self.block_l = CrossBlock(512, drop_path=drop_path, token_mixing=token_mixing)
         self.block_m = CrossBlock(256, drop_path=drop_path, token_mixing=token_mixing)
         self.block_s = CrossBlock(128, drop_path=drop_path, token_mixing=token_mixing)
-        # Tokens are the channels and the embedding is the length (SPEC 2.2).
+        # Tokens are the channels and the embedding is the length (docs/faithfulness.md#poster-v1).
         self.upsample_m = nn.ConvTranspose1d(NUM_TOKENS, NUM_TOKENS, 2, 2)  # medium -> large
         self.upsample_s = nn.ConvTranspose1d(NUM_TOKENS, NUM_TOKENS, 2, 2)  # small -> medium
 

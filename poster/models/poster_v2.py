@@ -1,4 +1,4 @@
-"""POSTER V2 / POSTER++ (SPEC 3): window cross-attention at three scales plus a 2-block ViT."""
+"""POSTER V2 / POSTER++ (docs/faithfulness.md#poster-v2): window cross-attention at three scales plus a 2-block ViT."""
 
 from __future__ import annotations
 

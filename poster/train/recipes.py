@@ -1,4 +1,4 @@
-"""Training recipes: the hyper-parameters of the original POSTER / POSTER V2 runs (SPEC 6).
+"""Training recipes: the hyper-parameters of the original POSTER / POSTER V2 runs (docs/faithfulness.md#training).
 
 A :class:`Recipe` is a frozen dataclass; :func:`get_recipe` returns a copy from the registry
 and ``recipe.replace(**overrides)`` / :meth:`Recipe.with_overrides` make variants, parsing and
