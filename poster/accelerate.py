@@ -4,7 +4,7 @@
   into that convolution (a copy; the original model is untouched).
 * :func:`prepare_inference` builds a :class:`FastInference` callable: BN folding, channels-last
   convolutions, bf16 autocast, optional ``torch.compile`` (compile time measured), and the input
-  reduced to the 112x112 pixels the model really reads (SPEC 1.1) before it is moved to the device.
+  reduced to the 112x112 pixels the model really reads (docs/faithfulness.md#input) before it is moved to the device.
 * :class:`CudaGraphRunner` replays a captured CUDA graph for one fixed batch shape (CUDA only).
 
 Exactness (tests/test_accelerate.py): folding and channels-last stay within the golden tolerance
@@ -184,7 +184,7 @@ class FastInference(nn.Module):
 
     ``x`` is a normalised batch [B,3,S,S] on any device.  For a POSTER model given the usual 224
     input, only ``x[:, :, ::2, ::2]`` is kept *before* the copy to the device: the model reads
-    exactly those pixels (SPEC 1.1, ``resize_to_112``), so this changes nothing but the transfer
+    exactly those pixels (docs/faithfulness.md#input, ``resize_to_112``), so this changes nothing but the transfer
     size.  A 112 input is used as it is.
 
     Attributes: ``model`` (the prepared copy), ``device``, ``dtype`` ("fp32"/"bf16"),

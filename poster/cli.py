@@ -10,7 +10,7 @@ import re
 import sys
 
 from . import __version__
-from .errors import PosterError
+from .errors import PosterError, flag_wording
 from .textsafe import printable
 
 
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with flag_wording():  # library messages name --flags, not Python parameters
+            return int(args.run(args) or 0)
     except PosterError as e:
         if args.verbose:
             raise

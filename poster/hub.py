@@ -33,7 +33,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError
+from .errors import CheckpointError, WeightsUnavailable, flag_words, option
 from .fileio import atomic_write_text
 from .pretrained import Release, local_release_file, release_path, weights_dir
 
@@ -43,8 +43,9 @@ _GOOGLE_HOSTS = ("https://drive.google.com", "https://drive.usercontent.google.c
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class WeightsUnavailable(CheckpointError):
-    """A release's file is not here and could not (or may not) be downloaded."""
+def _offline_switch() -> str:
+    """What turned fetching off: the environment variable, or on the command line also its flag."""
+    return f"POSTER_OFFLINE=1 or {option('offline')}" if flag_words() else "POSTER_OFFLINE=1"
 
 
 def is_offline() -> bool:
@@ -62,7 +63,7 @@ def ensure_release(release: Release, *, fetch: bool = True, progress: bool = Tru
         check_recorded_hash(local, release)
         return local
     if not fetch or is_offline():
-        why = "offline (POSTER_OFFLINE=1 or --offline)" if is_offline() else "fetching is turned off"
+        why = f"offline ({_offline_switch()})" if is_offline() else "fetching is turned off"
         raise WeightsUnavailable(f"{release.name}: not in {weights_dir()} and {why}; download "
                                  f"{_hand_download_hint(release)}")
     return download_release(release, progress=progress)
@@ -71,8 +72,8 @@ def ensure_release(release: Release, *, fetch: bool = True, progress: bool = Tru
 def download_release(release: Release, *, progress: bool = True) -> Path:
     """Fetch, verify and keep the release's file (once, even with several processes at it)."""
     if is_offline():
-        raise WeightsUnavailable(f"{release.name}: downloading is forbidden offline (POSTER_OFFLINE=1 or "
-                                 f"--offline); download {_hand_download_hint(release)}")
+        raise WeightsUnavailable(f"{release.name}: downloading is forbidden offline ({_offline_switch()}); "
+                                 f"download {_hand_download_hint(release)}")
     target = release_path(release)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(target):

@@ -1,4 +1,4 @@
-"""PNG plots: the reference confusion-matrix figure (SPEC 6.4) and training curves.
+"""PNG plots: the reference confusion-matrix figure (docs/faithfulness.md#evaluation) and training curves.
 
 Figures are built with matplotlib's object-oriented API on an Agg canvas (no pyplot, no global
 backend switch, never ``show()``), rendered into memory and written atomically.

@@ -114,12 +114,13 @@ def _v2(dataset: str, file_name: str, drive_id: str, classes, accuracy: float, o
         provenance="trained by the POSTER V2 authors; file linked from their README on Google Drive")
 
 
-_RAF_ORDER = "RAF-DB label file codes 1-7 minus 1 (SPEC 5.3)"
-_AFFECTNET_ORDER = "AffectNet expression codes 0-6/0-7 (SPEC 5.4)"
+_RAF_ORDER = "RAF-DB label file codes 1-7 minus 1 (docs/faithfulness.md#datasets-and-label-orders)"
+_AFFECTNET_ORDER = "AffectNet expression codes 0-6/0-7 (docs/faithfulness.md#datasets-and-label-orders)"
 _V2_FOLDER_ORDER = " as sorted class folders (ImageFolder); the V2 authors do not document their folder names"
 
 RELEASES: dict[str, Release] = {r.name: r for r in (
-    # POSTER V1's RAF-DB loader kept cv2's BGR order (SPEC 5.1): the weights expect BGR tensors.
+    # POSTER V1's RAF-DB loader kept cv2's BGR order: the weights expect BGR tensors
+    # (docs/faithfulness.md#channel-order).
     _v1("rafdb", "rafdb_best.pth", (), RAFDB_CLASSES, 92.05, True, "BGR", _RAF_ORDER),
     _v1("affectnet7", "affectnet_best.pth", ("affectnet7_best.pth",), AFFECTNET7_CLASSES, 67.31, False, "RGB",
         _AFFECTNET_ORDER),

@@ -20,7 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .errors import PosterError
+from .errors import RunFolderBusy
 
 try:
     import fcntl
@@ -28,10 +28,6 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 LOCK_NAME = ".poster.lock"
-
-
-class RunFolderBusy(PosterError):
-    """Another live process is using the run folder."""
 
 
 def _pid_alive(pid: int) -> bool:

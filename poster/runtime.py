@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import PosterError
+from .errors import PosterError, option
 from .meta import ModelMeta
 
 RUNTIMES = ("auto", "torch", "onnx", "torchscript")
@@ -255,7 +255,7 @@ def onnx_providers(device: str | torch.device) -> list[str]:
     if dev.startswith("cuda"):
         if "CUDAExecutionProvider" not in available:
             raise PosterError(f"device {dev}: this onnxruntime has no CUDA provider (available: {available}); "
-                              "install onnxruntime-gpu or use --device cpu")
+                              f"install onnxruntime-gpu or use {option('device', 'cpu')}")
         index = int(dev.split(":")[1]) if ":" in dev else 0
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     if dev == "cpu":

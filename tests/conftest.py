@@ -13,7 +13,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # golden_fill helpers
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

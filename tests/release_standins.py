@@ -59,7 +59,8 @@ def _windowed(base: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def official_object(state_dict, layout: str) -> dict:
-    """The top-level dict the authors' code saved (SPEC 4), DataParallel's ``module.`` included."""
+    """The top-level dict the authors' code saved, DataParallel's ``module.`` included
+    (docs/faithfulness.md#checkpoints)."""
     prefixed = OrderedDict((f"module.{k}", v) for k, v in state_dict.items())
     if layout == "v1":
         return {"iter": 40, "model_state_dict": prefixed, "optimizer_state_dict": {}}

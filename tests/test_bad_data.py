@@ -21,7 +21,7 @@ from PIL import Image
 from poster.data import build_dataset
 from poster.data.datasets import check_images
 from poster.data.transforms import decode_image_bytes, load_image
-from poster.errors import DatasetError, PosterError
+from poster.errors import DatasetError, PosterError, flag_wording
 from poster.train import trainer as trainer_mod
 from poster.train.recipes import get_recipe
 from poster.train.trainer import Trainer, TrainOptions
@@ -187,7 +187,9 @@ def test_check_images_stops_at_first_bad_naming_file_and_line(tmp_path):
         check_images(ds.records, origins=ds.origins)
     msg = str(ei.value)
     assert "train_annotations_7class.txt, line 2:" in msg
-    assert "zero.jpg" in msg and "empty" in msg and "--skip-bad" in msg
+    assert "zero.jpg" in msg and "empty" in msg and "skip_bad=True" in msg  # the library names its parameter
+    with flag_wording(), pytest.raises(DatasetError, match=r"zero\.jpg.*use --skip-bad to skip"):
+        check_images(ds.records, origins=ds.origins)  # ...and the command line its flag
     assert "trunc.jpg" not in msg  # one clear message: the first bad image
 
 
@@ -267,7 +269,7 @@ def test_trainer_stops_on_bad_image_before_training(stripes_with_bad, tmp_path, 
     monkeypatch.setattr(trainer_mod, "sam_train_step", no_training)
     recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
     trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run", cache=cache))
-    with pytest.raises(DatasetError, match=r"empty \(0 bytes\): .*zz broken é\.png.*--skip-bad"):
+    with pytest.raises(DatasetError, match=r"empty \(0 bytes\): .*zz broken é\.png.*skip_bad=True"):
         trainer.fit()
     assert not (tmp_path / "run" / "last.pth").exists()
 

@@ -15,7 +15,7 @@ import torch
 from poster.cli import main
 from poster.data import FER2013_CLASSES, RAFDB_CLASSES, EvalTransform, load_image
 from poster.data.classmap import EXCLUDED, canonical_class_name, map_classes, parse_class_map
-from poster.errors import DatasetError
+from poster.errors import DatasetError, flag_wording
 from poster.predict import default_checkpoint
 
 CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
@@ -29,8 +29,11 @@ def test_synonyms_and_spelling_are_one_name():
 
 
 def test_ckplus_maps_to_rafdb_by_name_except_contempt():
-    with pytest.raises(DatasetError, match=r"\['contempt'\].*--class-map contempt="):
+    with pytest.raises(DatasetError, match=r"\['contempt'\].*explicit=\{'contempt': '<model class>'\}"):
         map_classes(CKPLUS_CLASSES, RAFDB_CLASSES)
+    with flag_wording(), pytest.raises(DatasetError, match=r"\['contempt'\].*--class-map contempt=<model class> "
+                                                         r"\(or contempt= to leave them out\)"):
+        map_classes(CKPLUS_CLASSES, RAFDB_CLASSES)  # the command line names its flag
     mapping = map_classes(CKPLUS_CLASSES, RAFDB_CLASSES, {"contempt": None})
     assert [RAFDB_CLASSES[m] if m != EXCLUDED else None for m in mapping.to_model] == [
         "Anger", None, "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]

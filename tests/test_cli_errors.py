@@ -121,6 +121,7 @@ def test_verbose_works_after_the_command_too():
     assert parser.parse_args(["models"]).verbose is False
 
 
+@pytest.mark.slow
 def test_real_processes_print_one_line(files):
     for argv in (["predict", files["image"], "-c", files["ckpt"], "--device", "gpu"],
                  ["predict", files["image"], "--batchsize", "2"],

@@ -156,7 +156,7 @@ def test_batch_independence(golden_case):
 
 
 def test_odd_pixels_are_ignored(golden_case):
-    """SPEC 1.1: only even rows/columns of a 224 input reach the model."""
+    """docs/faithfulness.md#input: only even rows/columns of a 224 input reach the model."""
     name, model, ref = golden_case
     x = torch.from_numpy(ref["input"]).clone()
     with torch.no_grad():

@@ -164,6 +164,7 @@ def test_two_processes_fetch_the_file_once(cache, drive, landmark_bytes):
     assert (cache / LANDMARK.file_name).read_bytes() == landmark_bytes
 
 
+@pytest.mark.slow
 def test_cli_offline_is_one_line_and_nonzero(cache, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POSTER_WEIGHTS": str(cache)}
     env.pop("POSTER_GDRIVE_ORIGIN", None)

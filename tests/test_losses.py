@@ -34,7 +34,7 @@ def test_v1_loss_is_ce_plus_two_lsce():
     loss = build_loss("ce+2lsce")
     assert isinstance(loss, CEPlusLSCE)
     torch.testing.assert_close(loss(logits, target), want, rtol=1e-13, atol=0)
-    # the closed form of SPEC 6.2: 2.6 * NLL + 0.4 * mean_c(-log p_c)
+    # the closed form of docs/faithfulness.md#training: 2.6 * NLL + 0.4 * mean_c(-log p_c)
     logp = logits.log_softmax(-1)
     closed = (2.6 * -logp[torch.arange(16), target] + 0.4 * -logp.mean(-1)).mean()
     torch.testing.assert_close(loss(logits, target), closed, rtol=1e-13, atol=0)

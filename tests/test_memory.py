@@ -48,6 +48,7 @@ def _check_flat_and_steady(rss: dict[int, float], times: dict[int, float], what:
     assert late > early / 3, f"throughput fell from {early:.0f} to {late:.0f} {what}/s"
 
 
+@pytest.mark.slow
 def test_predict_many_over_10000_images_runs_in_flat_memory(tmp_path):
     """10,000 files through Recognizer.predict_many (nothing kept): resident memory grows < 40 MB
     after warm-up, and the second half runs about as fast as the first.  Keeping every decoded
@@ -71,6 +72,7 @@ def test_predict_many_over_10000_images_runs_in_flat_memory(tmp_path):
     _check_flat_and_steady(rss, times, "images", 2_000, 6_000, 10_000)
 
 
+@pytest.mark.slow
 def test_long_video_runs_in_flat_memory(tmp_path):
     """A 6,000-frame video (4 minutes at 25 fps) through Recognizer.predict_video."""
     path = tmp_path / "long.avi"

@@ -81,6 +81,7 @@ def _one_error_line(stderr: str) -> str:
 # -- item 5: special files ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifo_named_jpg_is_skipped_and_the_run_finishes(ckpt, tmp_path):
     folder = _faces(tmp_path / "in", 2)
@@ -208,6 +209,7 @@ def _holder(folder: Path) -> subprocess.Popen:
     return child
 
 
+@pytest.mark.slow
 def test_second_run_in_a_locked_folder_is_refused_with_one_line(ckpt, tmp_path):
     folder = _faces(tmp_path / "in", 1)
     out = tmp_path / "out"
@@ -242,6 +244,7 @@ def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_predicts_get_two_complete_folders(ckpt, tmp_path):
     folder = _faces(tmp_path / "in", 2)
     out = tmp_path / "runs" / "predict"
@@ -303,6 +306,7 @@ def test_dotdot_input_writes_annotations_only_under_annotated(ckpt, tmp_path, mo
     assert outside == [] and sorted(p.name for p in photos.iterdir()) == ["face0.png", "face1.png", "work"]
 
 
+@pytest.mark.slow
 def test_killed_run_does_not_leave_the_previous_results(ckpt, tmp_path, capsys):
     folder = _faces(tmp_path / "in", 1)
     out = tmp_path / "out"
@@ -349,6 +353,7 @@ def test_annotated_video_keeps_the_exact_size(tmp_path, size):
 # -- item 11: terminal and CSV injection -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_class_names_and_file_names_are_escaped_on_screen_and_in_csv(evil_ckpt, tmp_path):
     folder = tmp_path / "in"
     _faces(folder, 3)

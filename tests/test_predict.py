@@ -467,6 +467,7 @@ def test_cli_detector_none_matches_the_model_on_fer2013(checkpoint, fer2013_dir,
         assert rec["box"] == [0, 0, 48, 48] and rec["landmarks"] is None
 
 
+@pytest.mark.slow
 def test_torchrun_shards_a_folder_and_merges_the_results(tmp_path):
     """Two processes split the inputs, each writes its part, rank 0 merges them into one file."""
     import os

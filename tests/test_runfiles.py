@@ -86,7 +86,7 @@ def test_uninterrupted_run_keeps_the_best_epoch(stripes, tmp_path, monkeypatch):
 def test_full_disk_while_writing_the_new_best_then_resume(stripes, tmp_path, monkeypatch):
     out = tmp_path / "run"
     _fail_on(monkeypatch, runfiles.PENDING, 2, OSError(errno.ENOSPC, "No space left on device"))
-    with pytest.raises(PosterError, match="No space left.*intact and agree.*--resume"):
+    with pytest.raises(PosterError, match="No space left.*intact and agree.*resume=True"):
         _trainer(stripes, out, monkeypatch).fit()
     assert _epoch(out / "last.pth") == 1 and _epoch(out / "best.pth") == 1  # the pair still agrees
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""SAM(Adam) against the algorithm of SPEC 6.1 computed by hand (float64, tight tolerance)."""
+"""SAM(Adam) against the algorithm of docs/faithfulness.md#training computed by hand (float64, tight tolerance)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def sam_step(net, opt, x, y):
 
 
 def hand_steps(net, batches, adaptive=False):
-    """SPEC 6.1 by hand: global norm, perturb, grads at perturbed weights, Adam from the originals."""
+    """SAM by hand (docs/faithfulness.md#training): global norm, perturb, grads at perturbed weights,
+    Adam from the originals."""
     ws = [p.detach().clone() for p in (net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias)]
     frozen = net.frozen.detach().clone()
     m = [torch.zeros_like(w) for w in ws]

@@ -42,6 +42,7 @@ def stripes(tmp_path_factory):
     return make_stripes_dataset(tmp_path_factory.mktemp("stripes"), per_class=8)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     from ddp_step_worker import build, global_batches
     from poster.train.losses import build_loss
@@ -64,6 +65,7 @@ def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     assert moved, "the steps did not change the parameters"
 
 
+@pytest.mark.slow
 def test_torchrun_training_writes_once_from_rank_0(stripes, tmp_path):
     out = tmp_path / "run"
     proc = _torchrun(2, "-m", "poster", "train", *TINY, "--data", str(stripes), "-o", str(out),
@@ -89,6 +91,7 @@ def _metrics(path: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted_run(stripes, tmp_path):
     straight = tmp_path / "straight"
     proc = _poster("train", *TINY, "--data", str(stripes), "-o", str(straight))
@@ -209,6 +212,7 @@ def _fer_subset(fer2013_dir: Path, root: Path, classes=("happy", "neutral", "sur
     return root
 
 
+@pytest.mark.slow
 def test_learns_real_faces_on_cpu(fer2013_dir, tmp_path):
     """The compact POSTER learns real faces on a CPU within a few minutes.
 
@@ -234,6 +238,7 @@ def test_learns_real_faces_on_cpu(fer2013_dir, tmp_path):
     assert result["test_acc"] >= majority + 0.08, result
 
 
+@pytest.mark.slow
 def test_cached_pipeline_trains_and_resumes_like_uncached(stripes, tmp_path):
     """--cache: images decoded once at 112 px; a cached run trains, saves and resumes deterministically."""
     straight = tmp_path / "straight"
@@ -269,6 +274,7 @@ def test_select_on_test_reports_both_numbers(stripes, tmp_path):
                                      test_split=None, select_on="test", workers=0, progress=False)).fit()
 
 
+@pytest.mark.slow
 def test_dying_rank_stops_the_run_keeps_the_checkpoint_and_resume_matches(stripes, tmp_path):
     """torchrun, 2 processes; rank 1 is SIGKILLed in epoch 2.  The launcher stops the whole run and
     names the dead rank; last.pth (epoch 1) is intact; a resumed run equals an uninterrupted one."""

@@ -74,7 +74,7 @@ def test_v2_pil_path_equals_transform_of_pil_image(golden, jpeg_files):
 
 
 def test_transform_never_reorders_arrays(golden, jpeg_files):
-    # The statistics are applied per tensor channel whatever the order (SPEC 5.1: V1 RAF-DB
+    # The statistics are applied per tensor channel whatever the order (docs/faithfulness.md#channel-order: V1 RAF-DB
     # normalizes Blue with the red statistics), so an array goes through unchanged; the order
     # only matters when loading.
     arr = load_image(jpeg_files[0], "RGB")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.labels import DATASET_CLASSES
-from ..errors import CheckpointError
+from ..errors import CheckpointError, option
 from ..meta import MAX_CLASSES, InputConfig, ModelMeta
 from ..models import create_model, list_models
 from ..models.poster_v1 import DEPTHS
@@ -52,7 +52,8 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], path: str = "") -
 
 
 def release_meta(arch: str, options: Mapping[str, Any], dataset: str | None, source: str) -> ModelMeta:
-    """Metadata of an official release: class order and channel order by dataset (SPEC 5)."""
+    """Metadata of an official release: class order and channel order by dataset
+    (docs/faithfulness.md#channel-order)."""
     num_classes = int(options["num_classes"])
     if dataset is None:
         if arch.startswith("poster_v1"):
@@ -166,7 +167,7 @@ def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
                            channel_order: str | None = None) -> nn.Module:
     if wf.kind == "landmark":
         raise CheckpointError(f"{wf.path}: this is the MobileFaceNet landmark backbone, not a POSTER model; "
-                              "give it to training as --landmark")
+                              f"give it to training as {option('landmark')}")
     if wf.meta is not None:
         meta = wf.meta
         arch, options = _arch_from_meta(wf)
@@ -223,7 +224,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
 
 
 def remap_ir50_for_v2(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``body.0-2/3-6/7-20`` -> ``body1.0-2/body2.0-3/body3.0-13`` (SPEC 4.2)."""
+    """``body.0-2/3-6/7-20`` -> ``body1.0-2/body2.0-3/body3.0-13`` (docs/faithfulness.md#ir-50-trunk)."""
     offsets, start = {}, 0
     for stage, count in _V2_STAGE_OF_UNIT:
         for j in range(count):

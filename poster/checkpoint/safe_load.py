@@ -49,7 +49,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from poster.errors import CheckpointError
+from poster.errors import CheckpointError, option
 
 from . import _torchcompat as compat
 
@@ -419,7 +419,8 @@ def _read_data_pkl(f, path: Path, file_size: int) -> bytes:
     if torchscript:
         raise CheckpointError(
             f"{path}: TorchScript archive (torch.jit.save): it is a program, not a checkpoint, and is never "
-            "loaded as one; if you trust it like code, run it with the TorchScript runtime (--runtime torchscript)")
+            f"loaded as one; if you trust it like code, run it with the TorchScript runtime "
+            f"({option('runtime', 'torchscript')})")
     if not has_data:
         raise CheckpointError(f"{path}: zip archive without a data.pkl record: not a torch.save checkpoint")
     _check_zip_records(f, path, file_size)

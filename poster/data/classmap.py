@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, flag_words, option
 
 __all__ = ["SYNONYMS", "ClassMapping", "canonical_class_name", "map_classes", "parse_class_map"]
 
@@ -105,15 +105,16 @@ def map_classes(dataset_classes: Sequence[str], model_classes: Sequence[str],
 
     ``explicit``: ``{dataset class: model class}``, both matched exactly or by canonical name; a
     value of ``None`` or ``""`` leaves that dataset class out.  A dataset class that matches no
-    model class is a ``DatasetError`` naming it and the ``--class-map`` that fixes it, except when
+    model class is a ``DatasetError`` naming it and the mapping that fixes it, except when
     no name matches at all and the class counts are equal (e.g. folders named 0..6): then the
     classes are taken in index order and ``by_index`` is set, so the caller can warn.
     """
     ds, mc = tuple(map(str, dataset_classes)), tuple(map(str, model_classes))
     chosen: dict[int, int] = {}
     for key, value in (explicit or {}).items():
-        i = _find(str(key), ds, "dataset", "--class-map")
-        chosen[i] = EXCLUDED if value in (None, "") else _find(str(value), mc, "model", "--class-map")
+        i = _find(str(key), ds, "dataset", option("class_map", python="explicit"))
+        chosen[i] = EXCLUDED if value in (None, "") else _find(str(value), mc, "model",
+                                                               option("class_map", python="explicit"))
     model_by_name: dict[str, list[int]] = {}
     for j, name in enumerate(mc):
         model_by_name.setdefault(canonical_class_name(name), []).append(j)
@@ -129,13 +130,14 @@ def map_classes(dataset_classes: Sequence[str], model_classes: Sequence[str],
     if unmatched and not explicit and len(unmatched) == len(ds) == len(mc):
         return ClassMapping(ds, mc, tuple(range(len(ds))), by_index=True)
     if unmatched:
-        example = ",".join(f"{n}=<model class>" for n in unmatched[:2])
+        example = option("class_map", ",".join(f"{n}=<model class>" for n in unmatched[:2]),
+                         python="explicit={" + ", ".join(f"{n!r}: '<model class>'" for n in unmatched[:2]) + "}")
+        leave_out = f"{unmatched[0]}=" if flag_words() else f"{unmatched[0]!r}: None"
         raise DatasetError(f"dataset class(es) {unmatched} match no class of the model {list(mc)} by name; "
-                           f"say which they are with --class-map {example} (or {unmatched[0]}= to leave "
-                           "them out)")
+                           f"say which they are with {example} (or {leave_out} to leave them out)")
     to_model = tuple(chosen[i] for i in range(len(ds)))
     if all(m == EXCLUDED for m in to_model):
-        raise DatasetError("--class-map leaves every dataset class out: nothing to evaluate")
+        raise DatasetError(f"{option('class_map', python='explicit')} leaves every dataset class out: nothing to evaluate")
     return ClassMapping(ds, mc, to_model)
 
 
@@ -152,11 +154,11 @@ def parse_class_map(text: str | None) -> dict[str, str | None]:
         if not item.strip():
             continue
         if "=" not in item:
-            raise DatasetError(f"--class-map: {item.strip()!r} is not DATASET_CLASS=MODEL_CLASS "
-                               "(e.g. --class-map anger=Anger,happy=Happiness, or a JSON file)")
+            raise DatasetError(f"{option('class_map')}: {item.strip()!r} is not DATASET_CLASS=MODEL_CLASS "
+                               "(e.g. anger=Anger,happy=Happiness, or a JSON file)")
         ds, model = (part.strip() for part in item.split("=", 1))
         if not ds:
-            raise DatasetError(f"--class-map: {item.strip()!r} names no dataset class")
+            raise DatasetError(f"{option('class_map')}: {item.strip()!r} names no dataset class")
         out[ds] = model or None
     return out
 
@@ -165,11 +167,11 @@ def _read_json_map(path: Path) -> dict[str, str | None]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DatasetError(f"--class-map file not found: {path}") from None
+        raise DatasetError(f"{option('class_map')} file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"--class-map file {path} is not readable JSON: {exc}") from None
+        raise DatasetError(f"{option('class_map')} file {path} is not readable JSON: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
                                              for k, v in data.items()):
-        raise DatasetError(f"--class-map file {path} must hold one JSON object "
+        raise DatasetError(f"{option('class_map')} file {path} must hold one JSON object "
                            '{"dataset class": "model class" or null}')
     return {k: (v or None) for k, v in data.items()}

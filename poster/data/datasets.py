@@ -1,4 +1,5 @@
-"""Datasets in the layouts POSTER was trained on (SPEC 5.3-5.5), plus plain class folders.
+"""Datasets in the layouts POSTER was trained on, plus plain class folders
+(docs/faithfulness.md#datasets-and-label-orders).
 
 Everything is parsed eagerly when a dataset is built, so a wrong root, a malformed label file or
 a missing image is reported at once (as ``DatasetError`` naming the file and, for label files,
@@ -21,7 +22,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from torch.utils.data import Dataset
 
-from ..errors import DatasetError
+from ..errors import DatasetError, option
 from .labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
 from .transforms import CHANNEL_ORDERS, IMAGE_EXTENSIONS, load_image
 
@@ -170,7 +171,7 @@ def _canonical_split(split: str, allowed: dict[str, str], dataset: str) -> str:
 
 def rafdb_records(root: str | os.PathLike, split: str, check_files: bool = True, *,
                   origins: dict[str, str] | None = None) -> list[Record]:
-    """RAF-DB basic, original layout (SPEC 5.3).
+    """RAF-DB basic, original layout (docs/faithfulness.md#datasets-and-label-orders).
 
     ``<root>/EmoLabel/list_patition_label.txt`` lists ``<name>.jpg <1..7>``; the image is
     ``<root>/Image/aligned/<name>_aligned.jpg``.  Split ``train`` = names starting with ``train``,
@@ -208,7 +209,7 @@ def rafdb_records(root: str | os.PathLike, split: str, check_files: bool = True,
 
 def affectnet_records(root: str | os.PathLike, split: str, num_classes: int = 7,
                       check_files: bool = True, *, origins: dict[str, str] | None = None) -> list[Record]:
-    """AffectNet, V1 layout (SPEC 5.4), 7 or 8 classes.
+    """AffectNet, V1 layout (docs/faithfulness.md#datasets-and-label-orders), 7 or 8 classes.
 
     ``<root>/train_set/train_annotations_{7,8}class.txt`` and
     ``<root>/valid_set/valid_annotations_{7,8}class.txt`` list ``<file> <label>`` with AffectNet's
@@ -277,7 +278,8 @@ def folder_records(root: str | os.PathLike, split: str | None = None,
                    allow_empty_classes: bool = False) -> tuple[list[Record], tuple[str, ...]]:
     """Class-per-folder layout: ``<root>/<split>/<class>/**/*.{jpg,jpeg,png,bmp,webp}``.
 
-    This is the Kaggle FER2013 layout and POSTER V2's ImageFolder layout (SPEC 5.5).
+    This is the Kaggle FER2013 layout and POSTER V2's ImageFolder layout
+    (docs/faithfulness.md#datasets-and-label-orders).
     ``split=None`` uses ``<root>/<class>/`` directly.  If ``<root>/<split>`` does not exist and
     ``split`` is one of val/valid/validation/test, the single existing folder of those names is
     used (V2 reads ``valid``, Kaggle ships ``val`` or ``test``).
@@ -406,7 +408,7 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None,
                   allow_empty_classes: bool = False) -> ImageListDataset:
     """Build a dataset by layout name.
 
-    ``name``: ``rafdb`` (SPEC 5.3), ``affectnet7`` / ``affectnet8`` (SPEC 5.4), ``folder``
+    ``name``: ``rafdb``, ``affectnet7`` / ``affectnet8`` (docs/faithfulness.md#datasets-and-label-orders), ``folder``
     (class-per-folder, sorted folder names unless ``class_names``), ``fer2013`` (folder layout
     with ``FER2013_CLASSES``).  For rafdb/affectnet, ``class_names`` may rename the classes but
     must have the right length.  ``check_files=False`` skips the per-image existence check of the
@@ -515,4 +517,4 @@ def check_images(records: Sequence[Record], skip_bad: bool = False, *,
 
 def _bad_image_error(path: str, why: str, origins: dict[str, str]) -> DatasetError:
     where = f"{origins[path]}: " if path in origins else ""
-    return DatasetError(f"{where}{why} (use --skip-bad to skip and count bad images instead)")
+    return DatasetError(f"{where}{why} (use {option('skip_bad', True)} to skip and count bad images instead)")

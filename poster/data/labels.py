@@ -1,6 +1,6 @@
 """Class names, in model-output order, of the datasets POSTER was released on.
 
-The orders are the ones the original code used (SPEC 5.3-5.5); the
+The orders are the ones the original code used (docs/faithfulness.md#datasets-and-label-orders); the
 abbreviations are those of the original confusion-matrix plots.
 """
 

@@ -1,9 +1,9 @@
 """Image decoding and the evaluation transform, matching the reference pipeline bit for bit.
 
-The reference test transform (SPEC 5.2) is torchvision's
+The reference test transform (docs/faithfulness.md#eval-transform) is torchvision's
 ``Resize((S, S))`` (PIL bilinear) -> ``ToTensor`` (uint8 / 255) -> ``Normalize`` (ImageNet),
 applied to an array whose channels are *already* in the model's channel order: the V1 RAF-DB
-release was trained on BGR arrays, everything else on RGB (SPEC 5.1).  ``EvalTransform``
+release was trained on BGR arrays, everything else on RGB (docs/faithfulness.md#channel-order).  ``EvalTransform``
 reproduces it without torchvision; ``tests/test_transforms.py`` checks it against
 ``golden/preprocess.npz`` with zero difference.
 

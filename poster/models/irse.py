@@ -1,4 +1,4 @@
-"""IR-50 trunk (ArcFace "improved residual" units), first three stages only (SPEC 1.2).
+"""IR-50 trunk (ArcFace "improved residual" units), first three stages only (docs/faithfulness.md#ir-50-trunk).
 
 POSTER V1 names the 21 units ``body.0-20`` and uses the stage-3 map; V2 names the
 stages ``body1/body2/body3`` and uses all three stage outputs.  ``output_layer``

@@ -1,4 +1,5 @@
-"""MobileFaceNet 68-point landmark network (SPEC 1.3), used frozen as POSTER's landmark stream."""
+"""MobileFaceNet 68-point landmark network, used frozen as POSTER's landmark stream
+(docs/faithfulness.md#landmark-network)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POSTER V1: pyramid cross-fusion transformer (SPEC 2).
+"""POSTER V1: pyramid cross-fusion transformer (docs/faithfulness.md#poster-v1).
 
 Image tokens come from the IR-50 trunk, landmark tokens from the frozen
 MobileFaceNet; a pyramid of cross-attention blocks at widths 512/256/128 fuses
@@ -13,6 +13,7 @@ from torch import nn
 from .layers import ClassifierHead, DropPath, Mlp, SEBlock, resize_to_112
 from .irse import IR50Trunk
 from .mobilefacenet import MobileFaceNet
+from .registry import register_model
 
 NUM_TOKENS = 100  # 50 image tokens (mean + 49) followed by 50 landmark tokens
 HALF = NUM_TOKENS // 2
@@ -44,7 +45,7 @@ class CrossAttention(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    """One cross-fusion block over 100 tokens (SPEC 2.3).
+    """One cross-fusion block over 100 tokens (docs/faithfulness.md#poster-v1).
 
     Image tokens attend with the landmark tokens as queries and vice versa; both
     branches read the block input.  ``token_mixing`` adds the RAF-DB release's
@@ -79,14 +80,14 @@ class CrossBlock(nn.Module):
 
 
 class PyramidBlock(nn.Module):
-    """Large/medium/small cross blocks, then small->medium and medium->large fusion (SPEC 2.4)."""
+    """Large/medium/small cross blocks, then small->medium and medium->large fusion (docs/faithfulness.md#poster-v1)."""
 
     def __init__(self, drop_path: float, token_mixing: bool):
         super().__init__()
         self.block_l = CrossBlock(512, drop_path=drop_path, token_mixing=token_mixing)
         self.block_m = CrossBlock(256, drop_path=drop_path, token_mixing=token_mixing)
         self.block_s = CrossBlock(128, drop_path=drop_path, token_mixing=token_mixing)
-        # Tokens are the channels and the embedding is the length (SPEC 2.2).
+        # Tokens are the channels and the embedding is the length (docs/faithfulness.md#poster-v1).
         self.upsample_m = nn.ConvTranspose1d(NUM_TOKENS, NUM_TOKENS, 2, 2)  # medium -> large
         self.upsample_s = nn.ConvTranspose1d(NUM_TOKENS, NUM_TOKENS, 2, 2)  # small -> medium
 
@@ -193,3 +194,49 @@ def freeze_landmark_net(model: nn.Module) -> None:
     """Freeze ``model.face_landback``: no gradients, eval mode."""
     model.face_landback.requires_grad_(False)
     model.face_landback.eval()
+
+
+def _pyramid_v1(depth: int, num_classes: int, token_mixing: bool, drop_path_rate: float) -> PosterV1:
+    return PosterV1(num_classes=num_classes, depth=depth, token_mixing=token_mixing, drop_path_rate=drop_path_rate)
+
+
+@register_model
+def poster_v1_small(num_classes: int = 7, token_mixing: bool = True, drop_path_rate: float = 0.1) -> PosterV1:
+    """POSTER V1 small (4 pyramid blocks); token_mixing=True is the RAF-DB release, False the AffectNet release
+
+    Args:
+        num_classes: size of the classifier (the releases have 7 or 8).
+        token_mixing: the per-block token-mixing convolution of the RAF-DB release.
+        drop_path_rate: stochastic depth of the last pyramid block (training only).
+    """
+    return _pyramid_v1(DEPTHS["small"], num_classes, token_mixing, drop_path_rate)
+
+
+@register_model
+def poster_v1_base(num_classes: int = 7, token_mixing: bool = True, drop_path_rate: float = 0.1) -> PosterV1:
+    """POSTER V1 base (6 pyramid blocks); token_mixing=True is the RAF-DB release, False the AffectNet release
+
+    Args: as ``poster_v1_small``.
+    """
+    return _pyramid_v1(DEPTHS["base"], num_classes, token_mixing, drop_path_rate)
+
+
+@register_model
+def poster_v1_large(num_classes: int = 7, token_mixing: bool = True, drop_path_rate: float = 0.1) -> PosterV1:
+    """POSTER V1 large (8 pyramid blocks); token_mixing=True is the RAF-DB release, False the AffectNet release
+
+    Args: as ``poster_v1_small``.
+    """
+    return _pyramid_v1(DEPTHS["large"], num_classes, token_mixing, drop_path_rate)
+
+
+@register_model
+def poster_v1_tiny(num_classes: int = 7, token_mixing: bool = False, drop_path_rate: float = 0.0) -> PosterV1:
+    """compact POSTER V1 (1 pyramid block, IR trunk units (1,2,2) widths (32,64,128), no dead
+    layers; ~7M parameters) for CPU training and the bundled default model
+
+    Not an official architecture: the same design, scaled down so that it trains on a CPU.
+    Args: as ``poster_v1_small``.
+    """
+    return PosterV1(num_classes=num_classes, depth=1, token_mixing=token_mixing, drop_path_rate=drop_path_rate,
+                    ir_units=(1, 2, 2), ir_widths=(32, 64, 128), keep_dead_layers=False)

@@ -1,4 +1,4 @@
-"""POSTER V2 / POSTER++ (SPEC 3): window cross-attention at three scales plus a 2-block ViT."""
+"""POSTER V2 / POSTER++ (docs/faithfulness.md#poster-v2): window cross-attention at three scales plus a 2-block ViT."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from torch import nn
 from .irse import IR50Trunk
 from .layers import ClassifierHead, DropPath, Mlp, SEBlock, resize_to_112
 from .mobilefacenet import MobileFaceNet
+from ..errors import ConfigError
 from .poster_v1 import _init_weights, freeze_landmark_net
+from .registry import register_model
 
 SCALES = ((64, 28, 2), (128, 14, 4), (256, 7, 8))  # (channels, window size, heads), head dim 32
 
@@ -228,3 +230,18 @@ class PosterV2(nn.Module):
         super().train(mode)
         self.face_landback.eval()
         return self
+
+
+@register_model
+def poster_v2(num_classes: int = 7, drop_path_rates: tuple[float, float, float] = (0.0, 0.125, 0.25)) -> PosterV2:
+    """POSTER V2 / POSTER++ (7 or 8 classes)
+
+    Args:
+        num_classes: size of the classifier (the releases have 7 or 8).
+        drop_path_rates: stochastic depth of the three window cross-attention FFNs, small to large
+            window (training only); a list is accepted, as options read back from JSON are lists.
+    """
+    rates = tuple(float(r) for r in drop_path_rates)
+    if len(rates) != len(SCALES):
+        raise ConfigError(f"drop_path_rates must have {len(SCALES)} values, got {len(rates)}")
+    return PosterV2(num_classes=num_classes, drop_path_rates=rates)

@@ -1,79 +1,72 @@
 """Model registry: ``create_model(name, **options)`` is the single way to build a network.
 
-Names are architectures (``poster_v1_large``, ``poster_v2``, ...).  Each entry also
-knows its defaults (class count, channel order), like timm's pretrained configs; the
-released weight sets are listed in ``poster.pretrained``.
+Like timm's registry, an architecture is a named, typed, documented builder function
+decorated with ``@register_model`` in the module that defines the network.  Its options
+and their defaults are read from the function's signature and its description from the
+first line of its docstring, so nothing is restated here.  The released weight sets are
+listed in ``poster.pretrained``.
+
+This module imports no network module (they import it); ``poster.models`` imports them
+all, which is what fills the registry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
 
-from .poster_v1 import DEPTHS, PosterV1
-from .poster_v2 import PosterV2
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class ArchSpec:
+    """One registered architecture: its name and builder; everything else is read from the builder."""
+
     name: str
     builder: Callable[..., nn.Module]
-    description: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    options: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str:
+        """The first paragraph of the builder's docstring, on one line."""
+        doc = inspect.getdoc(self.builder) or ""
+        return " ".join(doc.split("\n\n")[0].split())
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every option with its default value."""
+        return {name: p.default for name, p in inspect.signature(self.builder).parameters.items()}
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options ``create_model`` accepts for this architecture."""
+        return tuple(self.defaults)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
 
 
-def register(spec: ArchSpec) -> ArchSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"model {spec.name!r} registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
+def _check_builder(fn: Callable[..., nn.Module]) -> None:
+    """A builder documents itself: a docstring, and typed keyword options that all have defaults."""
+    name = fn.__name__
+    if not inspect.getdoc(fn):
+        raise TypeError(f"model builder {name} has no docstring (it is the model's description)")
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(f"model builder {name} takes *{p.name}; options must be named")
+        if p.default is p.empty or p.annotation is p.empty:
+            raise TypeError(f"model builder {name}: option {p.name} needs a type and a default")
 
 
-def _v1_builder(depth: int) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 7, token_mixing: bool = True, drop_path_rate: float = 0.1) -> nn.Module:
-        return PosterV1(num_classes=num_classes, depth=depth, token_mixing=token_mixing,
-                        drop_path_rate=drop_path_rate)
-
-    return build
-
-
-for _size, _depth in DEPTHS.items():
-    register(ArchSpec(
-        name=f"poster_v1_{_size}",
-        builder=_v1_builder(_depth),
-        description=f"POSTER V1 {_size} ({_depth} pyramid blocks); token_mixing=True is the RAF-DB release, "
-                    "False the AffectNet release",
-        defaults={"num_classes": 7, "token_mixing": True},
-        options=("num_classes", "token_mixing", "drop_path_rate"),
-    ))
-
-def _build_v1_tiny(num_classes: int = 7, token_mixing: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
-    return PosterV1(num_classes=num_classes, depth=1, token_mixing=token_mixing, drop_path_rate=drop_path_rate,
-                    ir_units=(1, 2, 2), ir_widths=(32, 64, 128), keep_dead_layers=False)
-
-
-register(ArchSpec(
-    name="poster_v1_tiny",
-    builder=_build_v1_tiny,
-    description="compact POSTER V1 (1 pyramid block, IR trunk units (1,2,2) widths (32,64,128), no dead "
-                "layers; ~7M parameters) for CPU training and the bundled default model",
-    defaults={"num_classes": 7, "token_mixing": False},
-    options=("num_classes", "token_mixing", "drop_path_rate"),
-))
-
-register(ArchSpec(
-    name="poster_v2",
-    builder=lambda num_classes=7: PosterV2(num_classes=num_classes),
-    description="POSTER V2 / POSTER++ (7 or 8 classes)",
-    defaults={"num_classes": 7},
-    options=("num_classes",),
-))
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register ``fn`` under its own name as a ``create_model`` architecture."""
+    _check_builder(fn)
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model {fn.__name__!r} registered twice")
+    _REGISTRY[fn.__name__] = ArchSpec(fn.__name__, fn)
+    return fn
 
 
 def list_models() -> list[str]:
@@ -84,7 +77,7 @@ def get_arch(name: str) -> ArchSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, **options: Any) -> nn.Module:
@@ -93,4 +86,4 @@ def create_model(name: str, **options: Any) -> nn.Module:
     unknown = set(options) - set(spec.options)
     if unknown:
         raise TypeError(f"{name} does not take option(s) {sorted(unknown)}; it takes {list(spec.options)}")
-    return spec.builder(**{**spec.defaults, **options})
+    return spec.builder(**options)

@@ -1,4 +1,4 @@
-"""Batched, on-device training augmentation of the POSTER recipes (SPEC 6.2, 6.3).
+"""Batched, on-device training augmentation of the POSTER recipes (docs/faithfulness.md#training).
 
 Every function takes an image batch ``[B, 3, H, W]`` on any device, uint8 (0..255) or float,
 and an optional ``torch.Generator`` for reproducibility.  All random numbers for a batch are

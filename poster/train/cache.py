@@ -1,4 +1,4 @@
-"""The input pipeline at the resolution the model really sees (issue 4, SPEC 1.1).
+"""The input pipeline at the resolution the model really sees (issue 4, docs/faithfulness.md#input).
 
 Both POSTER backbones read only the even rows and columns of their 224x224 input
 (``F.interpolate(x, size=112)``, nearest, is exactly ``x[:, :, ::2, ::2]``).  So every image is

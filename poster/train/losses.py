@@ -1,4 +1,4 @@
-"""Training losses of the POSTER recipes (SPEC 6.2, 6.3).
+"""Training losses of the POSTER recipes (docs/faithfulness.md#training).
 
 * V1: ``CE + 2 * LSCE(eps=0.2)`` where ``LSCE = (1 - eps) * NLL(target) + eps * mean_c(-log p_c)``,
   i.e. ``(1 + 2(1-eps)) * NLL + 2 eps * mean_c(-log p_c) = 2.6 * NLL + 0.4 * mean_c(-log p_c)``.

@@ -1,4 +1,4 @@
-"""Training recipes: the hyper-parameters of the original POSTER / POSTER V2 runs (SPEC 6).
+"""Training recipes: the hyper-parameters of the original POSTER / POSTER V2 runs (docs/faithfulness.md#training).
 
 A :class:`Recipe` is a frozen dataclass; :func:`get_recipe` returns a copy from the registry
 and ``recipe.replace(**overrides)`` / :meth:`Recipe.with_overrides` make variants, parsing and
@@ -48,7 +48,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from poster.errors import PosterError
+from poster.errors import RecipeError
 from poster.meta import InputConfig
 
 __all__ = ["Recipe", "RecipeError", "RECIPES", "get_recipe", "list_recipes", "parse_overrides"]
@@ -59,10 +59,6 @@ _CHOICES = {
     "sampler": ("shuffle", "balanced"),
     "channel_order": ("RGB", "BGR"),
 }
-
-
-class RecipeError(PosterError, ValueError):
-    """Unknown recipe, unknown field or a value of the wrong type."""
 
 
 @dataclass(frozen=True)

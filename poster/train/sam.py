@@ -1,6 +1,6 @@
 """Sharpness-Aware Minimisation (SAM / ASAM) as a wrapper around any torch optimizer.
 
-Algorithm (SPEC 6.1), per batch::
+Algorithm (docs/faithfulness.md#training), per batch::
 
     loss(w).backward()                 # g = grad at w
     opt.first_step(zero_grad=True)     # w <- w + e,  e = rho * g / (||g|| + 1e-12)

@@ -25,7 +25,7 @@ from ..checkpoint.formats import read_weight_file, save_checkpoint
 from ..checkpoint.loading import load_backbone_weights, load_state_dict_checked
 from ..data import EvalTransform, build_dataset
 from ..data.datasets import check_images
-from ..errors import PosterError
+from ..errors import ConfigError, PosterError, TrainingDiverged, option
 from ..evaluate import predict_logits, resolve_device
 from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..meta import ModelMeta
@@ -42,10 +42,6 @@ from .sam import SAM
 log = logging.getLogger("poster.train")
 
 
-class TrainingDiverged(PosterError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
 @dataclass
 class TrainOptions:
     """Everything about a run that is not the recipe's hyper-parameters."""
@@ -60,7 +56,7 @@ class TrainOptions:
     select_on: str = "val"  # "val" (honest) or "test" (the papers' protocol, reported as such)
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: str = "auto"  # auto: NHWC convolutions whenever bf16 autocast is on (CUDA, or CPU with --precision bf16)
+    channels_last: str = "auto"  # auto: NHWC convolutions whenever bf16 autocast is on (CUDA, or CPU with precision="bf16")
     ir50: str | None = None
     landmark: str | None = None
     resume: bool = False
@@ -78,11 +74,11 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.select_on not in ("val", "test"):
-            raise PosterError(f"--select-on must be 'val' or 'test', got {self.select_on!r}")
+            raise ConfigError(f"{option('select_on')} must be 'val' or 'test', got {self.select_on!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise PosterError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise ConfigError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.channels_last not in ("auto", "on", "off"):
-            raise PosterError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
+            raise ConfigError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
 
 
 @dataclass
@@ -111,7 +107,7 @@ def _subset(records: list, targets: list[int], limit: int | None, seed: int) -> 
 
 def sam_train_step(model: nn.Module, optimizer: SAM, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM (SPEC 6.1): loss and gradients at w, move to w + e, loss and gradients there on the SAME
+    """SAM (docs/faithfulness.md#training): loss and gradients at w, move to w + e, loss and gradients there on the SAME
     batch, restore w and take the base-optimizer step with the second gradients.
 
     Under DistributedDataParallel both backward passes all-reduce, so every rank perturbs by the
@@ -194,7 +190,7 @@ class Trainer:
                 raise PosterError(f"test split classes {test.class_names} differ from training {self.class_names}")
             self.eval_sets["test"] = _subset(list(test.records), list(test.targets), o.limit_test, r.seed)
         if o.select_on == "test" and "test" not in self.eval_sets:
-            raise PosterError("--select-on test needs a test split")
+            raise ConfigError(f"{option('select_on', 'test')} needs a test split")
         self.cache = None
         if o.cache == "memory":
             # One decoding pass for both the image check and the cache (issue 4: decode once).
@@ -243,8 +239,8 @@ class Trainer:
         """Log skipped images (``skip_bad``), refuse a split left empty, count what was skipped."""
         if bad:
             shown = "; ".join(why for _, why in bad[:3])
-            self._log("skipped %d bad image(s) of %d in the %s split (--skip-bad): %s%s", len(bad), len(records),
-                      split, shown, " ..." if len(bad) > 3 else "", level=logging.WARNING)
+            self._log("skipped %d bad image(s) of %d in the %s split (%s): %s%s", len(bad), len(records),
+                      split, option("skip_bad", True), shown, " ..." if len(bad) > 3 else "", level=logging.WARNING)
         if not good:
             raise PosterError(f"no usable images left in the {split} split ({len(bad)} bad)")
         self.skipped_images[split] = len(bad)
@@ -258,12 +254,12 @@ class Trainer:
             report = load_backbone_weights(model, ir50=o.ir50, landmark=o.landmark)
             self._log("pretrained backbones: %s", json.dumps(report)[:300])
         if not o.ir50 or not o.landmark:
-            missing = [flag for flag, path in (("--ir50", o.ir50), ("--landmark", o.landmark)) if not path]
+            missing = [name for name, path in (("ir50", o.ir50), ("landmark", o.landmark)) if not path]
             self._log("%s\ntraining without %s: the %s start(s) from random weights.\n"
                       "POSTER's published accuracy depends on the pretrained IR-50 (ir50.pth) and MobileFaceNet\n"
                       "(mobilefacenet_model_best.pth.tar) files; expect much lower accuracy without them.\n%s",
-                      "!" * 78, " and ".join(missing), " and ".join(
-                          {"--ir50": "IR-50 trunk", "--landmark": "landmark net"}[m] for m in missing), "!" * 78,
+                      "!" * 78, " and ".join(option(m) for m in missing), " and ".join(
+                          {"ir50": "IR-50 trunk", "landmark": "landmark net"}[m] for m in missing), "!" * 78,
                       level=logging.WARNING)
         model = model.to(self.device)
         if self.channels_last:
@@ -324,7 +320,7 @@ class Trainer:
             except OSError as e:
                 raise PosterError(f"could not write {path} after epoch {epoch_done}: {e.strerror or e}; "
                                   f"{runfiles.LAST} and {runfiles.BEST} of the previous epochs are intact and "
-                                  "agree (writes are atomic). Free space and continue with --resume") from e
+                                  f"agree (writes are atomic). Free space and continue with {option('resume', True)}") from e
 
         runfiles.commit_epoch(self.out, write, is_best)
 
@@ -340,7 +336,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "last.pth"
         if not path.is_file():
-            raise PosterError(f"--resume: no checkpoint at {path}")
+            raise PosterError(f"{option('resume', True)}: no checkpoint at {path}")
         wf = read_weight_file(path)
         state = wf.info.get("training")
         if not isinstance(state, dict):
@@ -368,10 +364,10 @@ class Trainer:
             self._log("extending the run from %d to %d epochs", saved["epochs"], now["epochs"])
             return
         if changed == ["epochs"]:
-            raise PosterError(f"--resume: the run has already done {epochs_done} epochs; epochs={now['epochs']} "
+            raise PosterError(f"{option('resume', True)}: the run has already done {epochs_done} epochs; epochs={now['epochs']} "
                               "would end it before where it stands")
         if changed:
-            raise PosterError(f"--resume: the recipe differs from the interrupted run's in {changed} "
+            raise PosterError(f"{option('resume', True)}: the recipe differs from the interrupted run's in {changed} "
                               "(only epochs may change, to extend a run)")
 
     # ------------------------------------------------------------------ steps
@@ -417,7 +413,7 @@ class Trainer:
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {self.global_step + 1}; "
                     f"stopped. The last good checkpoint ({self.out / 'last.pth'}) is intact; lower the "
-                    "learning rate or use --precision fp32, then resume or restart")
+                    f"learning rate or use {option('precision', 'fp32')}, then resume or restart")
             self.global_step += 1
             n = y.shape[0]
             loss_sum += loss.item() * n
@@ -467,8 +463,8 @@ class Trainer:
             self._remove_stale_temporaries()
             self._resume()
         elif (self.out / "last.pth").exists():
-            raise PosterError(f"{self.out} already holds a run (last.pth); use --resume to continue it "
-                              "or choose another --output-dir")
+            raise PosterError(f"{self.out} already holds a run (last.pth); use {option('resume', True)} to continue it "
+                              f"or choose another {option('output_dir')}")
         if self.dist.is_main:
             config = {"recipe": self.recipe.to_dict(), "options": asdict(self.opt),
                       "world_size": self.dist.world_size, "device": str(self.device)}
@@ -518,7 +514,7 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise PosterError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
+            raise PosterError(f"{option('tensorboard', True)} needs the tensorboard package (pip install tensorboard)") from e
         return SummaryWriter(str(self.out / "tensorboard"))
 
     def _finish(self) -> dict[str, Any]:
@@ -544,7 +540,7 @@ class Trainer:
             honest = max(self.history, key=lambda h: (h["val_acc"], -h["epoch"]))
             result["test_acc_selected_on_test"] = metrics["acc"]
             result["test_acc_selected_on_val"] = honest["test_acc"]
-            result["note"] = ("--select-on test picks the epoch with the best TEST accuracy, as the original "
+            result["note"] = (f"{option('select_on', 'test')} picks the epoch with the best TEST accuracy, as the original "
                               "code did; 'test_acc_selected_on_val' is the unbiased estimate")
         plot_confusion_matrix(report.confusion_matrix, [abbreviate(c) for c in self.class_names],
                               f"{self.recipe.name} ({split}, epoch {self.best['epoch']})",

@@ -1,0 +1,88 @@
+"""Every registered architecture, checked the same way: a new ``@register_model`` builder is
+covered by these tests without editing them."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import poster
+from poster.errors import ConfigError
+from poster.models import create_model, get_arch, list_models, register_model
+
+ARCHS = list_models()
+
+
+def test_registry_lists_the_known_architectures():
+    assert ARCHS == ["poster_v1_base", "poster_v1_large", "poster_v1_small", "poster_v1_tiny", "poster_v2"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_builder_is_named_typed_and_documented(arch):
+    spec = get_arch(arch)
+    assert spec.builder.__name__ == arch
+    assert spec.description and "\n" not in spec.description
+    params = inspect.signature(spec.builder).parameters
+    assert spec.options == tuple(params) and "num_classes" in spec.options
+    assert all(p.annotation is not p.empty and p.default is not p.empty for p in params.values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fresh_model_gives_one_finite_logit_row_per_image(arch):
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=8).eval()
+    assert model.num_classes == 8
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 224, 224))
+    assert logits.shape == (2, 8) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_checkpoint_round_trip_rebuilds_the_same_architecture(arch, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(arch).eval()
+    meta = poster.ModelMeta(arch=arch, num_classes=7, class_names=list("abcdefg"), source="unit test")
+    back = poster.load_model(poster.save_checkpoint(tmp_path / "m.pth", model, meta))
+    assert back.meta.arch == arch and type(back) is type(model)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unknown_option_is_refused_not_ignored(arch):
+    with pytest.raises(TypeError, match="does not take option"):
+        create_model(arch, no_such_option=1)
+
+
+def test_unknown_architecture_is_a_config_error_and_a_value_error():
+    with pytest.raises(ConfigError, match="unknown model 'nope'") as info:
+        create_model("nope")
+    assert isinstance(info.value, ValueError) and isinstance(info.value, poster.PosterError)
+
+
+def test_v2_drop_path_rates_reach_the_network_through_create_model():
+    # Options read back from a checkpoint's JSON metadata are lists, so a list is accepted.
+    model = create_model("poster_v2", drop_path_rates=[0.0, 0.1, 0.2])
+    assert [model.ffn2.drop_path.p, model.ffn3.drop_path.p] == [0.1, 0.2]
+    with pytest.raises(ConfigError, match="drop_path_rates must have 3 values"):
+        create_model("poster_v2", drop_path_rates=(0.1,))
+
+
+def test_builder_options_come_from_the_signature():
+    assert get_arch("poster_v1_tiny").defaults == {"num_classes": 7, "token_mixing": False, "drop_path_rate": 0.0}
+    assert get_arch("poster_v2").options == ("num_classes", "drop_path_rates")
+
+
+def test_undocumented_or_untyped_builders_are_refused_at_registration():
+    def undocumented(num_classes: int = 7):
+        return torch.nn.Identity()
+
+    def untyped(num_classes=7):
+        """Has a docstring."""
+        return torch.nn.Identity()
+
+    for builder in (undocumented, untyped):
+        with pytest.raises(TypeError):
+            register_model(builder)
+    assert "undocumented" not in list_models() and "untyped" not in list_models()
