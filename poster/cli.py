@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (test, models):
         module.add_parser(sub)
-    for name in ("train", "predict", "export", "benchmark"):
+    for name in ("train", "predict", "export", "benchmark", "serve"):
         _maybe_add(sub, name)
     return parser
 
