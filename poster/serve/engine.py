@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -68,15 +69,16 @@ class PreparedImage:
     tensors: list[torch.Tensor] = field(default_factory=list)
 
 
-def declared_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header alone (no pixel is decoded); None if PIL cannot tell."""
+def declared_pixels(data: bytes) -> int | None:
+    """The pixel count the image header declares (no pixel is decoded); None if PIL cannot tell."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data)) as im:
-                return im.size
-        except Image.DecompressionBombError:
-            return (1 << 20, 1 << 20)  # PIL's own bomb guard fired: far over any limit we allow
+                return im.size[0] * im.size[1]
+        except Image.DecompressionBombError as exc:  # PIL's own guard fired first; its message has the size
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            return int(found.group(1)) if found else 1 << 40
         except Exception:
             return None
 
@@ -115,10 +117,10 @@ class InferenceEngine:
         """BGR pixels of an encoded image; ``InputRejected`` for empty, undecodable or too large ones."""
         if not data:
             raise InputRejected("the upload is empty (0 bytes)", 400)
-        size = declared_size(data)
-        if size is not None and size[0] * size[1] > self.max_pixels:
-            raise InputRejected(f"image too large: it declares {size[0]} x {size[1]} pixels, more than the "
-                                f"server's limit of {self.max_pixels / 1e6:g} MP", 413)
+        pixels = declared_pixels(data)
+        if pixels is not None and pixels > self.max_pixels:
+            raise InputRejected(f"image too large: it declares {pixels / 1e6:,.0f} MP, more than the server's "
+                                f"limit of {self.max_pixels / 1e6:g} MP", 413)
         try:
             image = decode_image_bytes(data, "BGR", name="the upload")
         except DatasetError as exc:
