@@ -52,9 +52,11 @@ function updateReadout(answer) {
   const now = performance.now();
   state.answers = state.answers.filter((t) => now - t < 3000);
   state.answers.push(now);
-  const fps = state.answers.length > 1 ? (state.answers.length - 1) / ((now - state.answers[0]) / 1000) : 0;
+  const live = state.stream && state.answers.length > 1;
+  const fps = live ? (state.answers.length - 1) / ((now - state.answers[0]) / 1000) : 0;
   $("readout").textContent = `latency ${answer.roundTripMs.toFixed(0)} ms (server ${answer.elapsed_ms.toFixed(0)} ms)`
-    + ` · fps ${state.stream ? fps.toFixed(1) : "–"}`;
+    + ` · fps ${live ? fps.toFixed(1) : "–"}`;
+  $("readout").dataset.answers = String(Number($("readout").dataset.answers || 0) + 1);
 }
 
 // Faces: box and landmarks on the face; the label tag above it and the probability bars beside it,
