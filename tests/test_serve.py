@@ -216,3 +216,17 @@ def test_loopback_detection():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+
+
+@pytest.mark.slow
+def test_load_is_bounded_error_free_and_batched():
+    """A short version of ``python -m poster.serve.loadtest`` (docs/benchmarks.md has the long run)."""
+    from poster.serve.loadtest import run
+
+    report = run(ASTRONAUT, clients=6, seconds=8, serial_seconds=4, options=["--max-batch", "16"])
+    assert report["serial"]["errors"] == 0 and report["concurrent"]["errors"] == 0, report
+    assert report["concurrent"]["labels"] == ["happy"] and report["concurrent"]["requests"] >= 6
+    hist = report["batch_size_histogram"]
+    assert hist["+Inf"] > hist["1"], f"no micro-batch of more than one face: {hist}"
+    # on a shared 2-core machine the ratio is noisy; batching must at least not lose throughput
+    assert report["throughput_ratio"] > 1.0, report

@@ -79,6 +79,25 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+@contextmanager
+def _sampling_rss(pid: int, every: float = 0.5) -> Iterator[list[int]]:
+    """RSS samples (KiB) of ``pid`` taken every ``every`` seconds while the block runs."""
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every):
+            samples.append(memory_kib(pid)["VmRSS"])
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
@@ -138,14 +157,19 @@ def run(image_path: Path, clients: int, seconds: float, serial_seconds: float, o
         drive(base, image, 1, 0, query, max_requests=2)  # warm-up (first calls pay allocations)
         before = memory_kib(proc.pid)
         serial = drive(base, image, 1, serial_seconds, query)
-        concurrent = drive(base, image, clients, seconds, query)
+        with _sampling_rss(proc.pid) as samples:
+            concurrent = drive(base, image, clients, seconds, query)
         after = memory_kib(proc.pid)
         sizes = batch_sizes(base)
+    half = samples[len(samples) // 2:] or samples
     ratio = concurrent["requests_per_s"] / serial["requests_per_s"] if serial["requests_per_s"] else float("nan")
     return {"image": image_path.name, "query": query, "server_options": options, "serial": serial,
             "concurrent": concurrent, "throughput_ratio": round(ratio, 2),
             "rss_mib_before": round(before["VmRSS"] / 1024, 1), "rss_mib_after": round(after["VmRSS"] / 1024, 1),
-            "peak_rss_mib": round(after["VmHWM"] / 1024, 1), "batch_size_histogram": sizes,
+            "peak_rss_mib": round(after["VmHWM"] / 1024, 1),
+            # flat memory: RSS over the second half of the concurrent phase, lowest and highest sample
+            "rss_mib_second_half": [round(min(half) / 1024, 1), round(max(half) / 1024, 1)] if half else None,
+            "batch_size_histogram": sizes,
             "cpus": os.cpu_count()}
 
 
