@@ -230,3 +230,28 @@ def test_load_is_bounded_error_free_and_batched():
     assert hist["+Inf"] > hist["1"], f"no micro-batch of more than one face: {hist}"
     # on a shared 2-core machine the ratio is noisy; batching must at least not lose throughput
     assert report["throughput_ratio"] > 1.0, report
+
+
+def _readme_serve_blocks() -> list[tuple[str, str]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Serving it over HTTP", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
+
+
+def test_readme_serve_examples_work(server, capsys, monkeypatch):
+    """The README's curl and Python calls, pointed at the test server instead of port 8000."""
+    import shutil
+
+    blocks = _readme_serve_blocks()
+    assert [kind for kind, _ in blocks] == ["bash", "bash", "python"]
+    monkeypatch.chdir(ROOT)
+    if shutil.which("curl"):
+        for line in blocks[1][1].strip().splitlines():
+            assert line.startswith("curl ") and "127.0.0.1:8000" in line
+            out = subprocess.run(line.replace("http://127.0.0.1:8000", server), shell=True, capture_output=True,
+                                 text=True, timeout=60, cwd=ROOT).stdout
+            assert '"label":"happy"' in out, (line, out)
+    code = blocks[2][1].replace("http://127.0.0.1:8000", server)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.strip().startswith("[('happy', 0.86"), printed

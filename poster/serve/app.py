@@ -125,11 +125,11 @@ class Server:
         self.config = config
         self.metrics = ServerMetrics(config.max_queue)
         self.admitted = 0     # images admitted and not yet answered
-        self.preparing = 0    # images being decoded/detected
+        self.at_model = 0     # of those, images whose faces wait for (or are in) a model batch
         self.ready = False
         self.prep_pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="poster-prep")
         self.batcher = MicroBatcher(engine.probabilities, max_batch=config.max_batch,
-                                    max_wait=config.max_wait_ms / 1000.0, busy=lambda: self.preparing > 0,
+                                    max_wait=config.max_wait_ms / 1000.0, busy=self.faces_on_the_way,
                                     on_batch=self.metrics.observe_batch)
 
     async def start(self) -> None:
@@ -143,6 +143,11 @@ class Server:
         self.ready = False
         await self.batcher.stop()
         self.prep_pool.shutdown(wait=False, cancel_futures=True)
+
+    def faces_on_the_way(self) -> bool:
+        """True while admitted images are still being uploaded, decoded or detected: a batch that
+        waits a moment will take their faces too."""
+        return self.admitted > self.at_model
 
     def admit(self, images: int) -> None:
         """Take ``images`` places in the bounded queue, or refuse with 503 + Retry-After."""
@@ -158,13 +163,12 @@ class Server:
 
     async def recognise(self, data: bytes, options: PredictOptions) -> dict[str, Any]:
         started = time.perf_counter()
-        self.preparing += 1
+        prepared = await asyncio.get_running_loop().run_in_executor(self.prep_pool, self.engine.prepare, data, options)
+        self.at_model += 1
         try:
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self.prep_pool, self.engine.prepare, data, options)
+            probabilities = await self.batcher.submit(prepared.tensors)
         finally:
-            self.preparing -= 1
-        probabilities = await self.batcher.submit(prepared.tensors)
+            self.at_model -= 1
         self.metrics.observe_image(len(prepared.faces))
         return self.engine.record(prepared, probabilities, options.top_k, (time.perf_counter() - started) * 1000)
 

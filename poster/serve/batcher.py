@@ -2,7 +2,7 @@
 
 Each request submits its face tensors and awaits their probabilities.  One collector task takes
 the first waiting face, then keeps collecting -- for at most ``max_wait`` seconds, and only while
-other requests are still being decoded/detected (``busy()``: more faces are on their way) -- up
+other requests are still being uploaded/decoded/detected (``busy()``: more faces are on their way) -- up
 to ``max_batch`` faces, and runs the model on them in a dedicated thread.  While the model runs,
 new faces queue up, so under load every call is a full batch without any waiting; a lone request
 is not delayed at all.
@@ -23,7 +23,7 @@ class MicroBatcher:
     """``await batcher.submit(tensors)`` -> one probability row per tensor, computed in shared batches.
 
     ``run_batch``: stacked tensors [B, ...] -> probabilities [B, C] (runs in the model thread).
-    ``busy``: True while requests that may still submit faces are being prepared.
+    ``busy``: True while admitted requests may still submit faces (they are being read or prepared).
     ``on_batch(size, seconds)``: called after every model call (metrics).
     """
 

@@ -150,27 +150,44 @@ def batch_sizes(base: str, headers: dict | None = None) -> dict[str, int]:
     return {k: int(v) for k, v in found.items()}
 
 
+def _merge(phases: list[dict]) -> dict:
+    """Totals of several rounds of one phase (latency percentiles are kept per round: the worst is shown)."""
+    requests = sum(p["requests"] for p in phases)
+    seconds = sum(p["seconds"] for p in phases)
+    return {"clients": phases[0]["clients"], "seconds": round(seconds, 2), "requests": requests,
+            "errors": sum(p["errors"] for p in phases), "requests_per_s": round(requests / seconds, 2),
+            "p50_ms": max(p["p50_ms"] for p in phases), "p99_ms": max(p["p99_ms"] for p in phases),
+            "labels": sorted(set().union(*(p["labels"] for p in phases))),
+            "error_samples": [e for p in phases for e in p["error_samples"]][:3]}
+
+
 def run(image_path: Path, clients: int, seconds: float, serial_seconds: float, options: list[str],
-        query: str = "") -> dict:
+        query: str = "", rounds: int = 1) -> dict:
+    """Serial and concurrent phases alternate ``rounds`` times (``seconds`` and ``serial_seconds`` in
+    all), so that a change in the machine's other load hits both alike."""
     image = image_path.read_bytes()
+    serial_rounds, concurrent_rounds = [], []
     with server_process(*options) as (base, proc):
         drive(base, image, 1, 0, query, max_requests=2)  # warm-up (first calls pay allocations)
         before = memory_kib(proc.pid)
-        serial = drive(base, image, 1, serial_seconds, query)
         with _sampling_rss(proc.pid) as samples:
-            concurrent = drive(base, image, clients, seconds, query)
+            for _ in range(rounds):
+                serial_rounds.append(drive(base, image, 1, serial_seconds / rounds, query))
+                concurrent_rounds.append(drive(base, image, clients, seconds / rounds, query))
         after = memory_kib(proc.pid)
         sizes = batch_sizes(base)
+    serial, concurrent = _merge(serial_rounds), _merge(concurrent_rounds)
     half = samples[len(samples) // 2:] or samples
     ratio = concurrent["requests_per_s"] / serial["requests_per_s"] if serial["requests_per_s"] else float("nan")
-    return {"image": image_path.name, "query": query, "server_options": options, "serial": serial,
-            "concurrent": concurrent, "throughput_ratio": round(ratio, 2),
+    return {"image": image_path.name, "query": query, "server_options": options, "rounds": rounds,
+            "serial": serial, "concurrent": concurrent, "throughput_ratio": round(ratio, 2),
+            "ratio_per_round": [round(c["requests_per_s"] / s["requests_per_s"], 2) if s["requests_per_s"] else None
+                                for s, c in zip(serial_rounds, concurrent_rounds)],
             "rss_mib_before": round(before["VmRSS"] / 1024, 1), "rss_mib_after": round(after["VmRSS"] / 1024, 1),
             "peak_rss_mib": round(after["VmHWM"] / 1024, 1),
-            # flat memory: RSS over the second half of the concurrent phase, lowest and highest sample
+            # flat memory: RSS over the second half of the run, lowest and highest sample
             "rss_mib_second_half": [round(min(half) / 1024, 1), round(max(half) / 1024, 1)] if half else None,
-            "batch_size_histogram": sizes,
-            "cpus": os.cpu_count()}
+            "batch_size_histogram": sizes, "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--serial-seconds", type=float, default=15.0)
+    p.add_argument("--rounds", type=int, default=3, help="serial and concurrent phases alternate this many times")
     p.add_argument("--detector", default="yunet", choices=("yunet", "none"))
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("server_options", nargs="*", help="options for poster serve (after --)")
     args = p.parse_args(argv)
     query = "" if args.detector == "yunet" else f"?detector={args.detector}"
-    report = run(args.image, args.clients, args.seconds, args.serial_seconds, args.server_options, query)
+    report = run(args.image, args.clients, args.seconds, args.serial_seconds, args.server_options, query,
+                 rounds=args.rounds)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:
