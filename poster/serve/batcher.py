@@ -1,11 +1,13 @@
 """Dynamic micro-batching: the faces of concurrent requests share one model call.
 
 Each request submits its face tensors and awaits their probabilities.  One collector task takes
-the first waiting face, then keeps collecting -- for at most ``max_wait`` seconds, and only while
-other requests are still being uploaded/decoded/detected (``busy()``: more faces are on their way) -- up
-to ``max_batch`` faces, and runs the model on them in a dedicated thread.  While the model runs,
-new faces queue up, so under load every call is a full batch without any waiting; a lone request
-is not delayed at all.
+the first waiting face, then keeps collecting up to ``max_batch`` faces -- for at most ``max_wait``
+seconds, and only while more faces are expected: other admitted requests are still being
+uploaded/decoded/detected (``busy()``), or the batch is still smaller than the previous one (the
+clients answered by the previous batch are about to send their next images; without this, N
+clients split into two groups whose batches alternate, e.g. 1 and N-1) -- and runs the model on
+them in a dedicated thread.  While the model runs, new faces queue up, so under load the batches
+fill without waiting; a lone request is not delayed at all.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poster-model")
+        self._previous_size = 1
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -71,12 +74,13 @@ class MicroBatcher:
                 batch.append(self._queue.get_nowait())
                 continue
             left = deadline - time.monotonic()
-            if left <= 0 or not self.busy():
+            if left <= 0 or not (self.busy() or len(batch) < self._previous_size):
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), timeout=min(left, 0.002)))
             except asyncio.TimeoutError:
                 continue  # re-check busy() and the deadline
+        self._previous_size = len(batch)
         return [(t, f) for t, f in batch if not f.done()]  # a cancelled request's faces are dropped
 
     async def _collect_forever(self) -> None:
