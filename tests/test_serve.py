@@ -188,6 +188,9 @@ def test_api_key_is_required_on_api_routes(strict_server):
     assert httpx.get(f"{base}/metrics").status_code == 401
     assert _post(base, image, **{"X-API-Key": "s3cret-key"}).status_code == 200
     assert httpx.get(f"{base}/healthz").status_code == 200  # probes need no key
+    _, proc = strict_server
+    proc.log.seek(0)
+    assert "s3cret-key" not in proc.log.read()  # never logged
 
 
 def test_full_queue_answers_503_with_retry_after(strict_server):
@@ -209,6 +212,15 @@ def test_cli_errors_are_one_line():
     r = subprocess.run([sys.executable, "-m", "poster", "serve", "-c", "no_such_file.pth", "--port", "1"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_binding_beyond_loopback_warns():
+    # the model fails to load, so nothing is ever bound: the warning comes first
+    r = subprocess.run([sys.executable, "-m", "poster", "serve", "--host", "0.0.0.0", "-c", "no_such_file.pth"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and lines[0].startswith("warning: listening on 0.0.0.0") and "--api-key" in lines[0]
+    assert lines[-1].startswith("error:")
 
 
 def test_loopback_detection():

@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -39,18 +40,22 @@ def free_port() -> int:
 @contextmanager
 def server_process(*options: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """``(base_url, process)`` of ``poster serve`` started with ``options`` on a free loopback port,
-    once ``/readyz`` answers; the process is stopped on exit."""
+    once ``/readyz`` answers; the process is stopped on exit.  Its output goes to ``process.log``
+    (a temporary file)."""
     port = free_port()
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a pipe nobody reads could block the server
     proc = subprocess.Popen([sys.executable, "-m", "poster", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "warning", *options], env=full_env, cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"poster serve exited with {proc.returncode}: {proc.stdout.read()}")
+                log.seek(0)
+                raise RuntimeError(f"poster serve exited with {proc.returncode}: {log.read()}")
             try:
                 if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
                     break
@@ -67,6 +72,7 @@ def server_process(*options: str, env: dict[str, str] | None = None, timeout: fl
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -187,6 +193,7 @@ def run(image_path: Path, clients: int, seconds: float, serial_seconds: float, o
             "peak_rss_mib": round(after["VmHWM"] / 1024, 1),
             # flat memory: RSS over the second half of the run, lowest and highest sample
             "rss_mib_second_half": [round(min(half) / 1024, 1), round(max(half) / 1024, 1)] if half else None,
+            "rss_mib_timeline": [round(v / 1024) for v in samples[::10]],  # every 5 s
             "batch_size_histogram": sizes, "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
 
 
