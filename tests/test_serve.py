@@ -267,3 +267,27 @@ def test_readme_serve_examples_work(server, capsys, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.strip().startswith("[('happy', 0.86"), printed
+
+
+def test_engine_runs_an_onnx_export_like_the_checkpoint(tmp_path):
+    """``poster serve -c model.onnx``: the engine loads exports as ``predict`` does (same faces, same answer)."""
+    pytest.importorskip("onnxruntime", reason="the ONNX runtime is in the onnx extra")
+    import torch
+
+    import poster
+    from poster.export import export_onnx
+    from poster.predict import default_checkpoint
+    from poster.serve.engine import InferenceEngine, PredictOptions, load_recognizer, model_display_name
+
+    onnx_path = export_onnx(poster.load_model(default_checkpoint()), tmp_path / "bundled.onnx")
+    data = ASTRONAUT.read_bytes()
+    answers = []
+    for checkpoint in (None, str(onnx_path)):
+        engine = InferenceEngine(load_recognizer(checkpoint, device="cpu"), model_display_name(checkpoint))
+        prepared = engine.prepare(data, PredictOptions())
+        probs = engine.probabilities(torch.stack(prepared.tensors))
+        answers.append(engine.record(prepared, list(probs), 3, 1.0))
+    torch_answer, onnx_answer = answers
+    assert onnx_answer["model"] == "bundled.onnx" and torch_answer["model"] == "poster_v1_tiny.fer2013"
+    assert onnx_answer["faces"][0]["label"] == "happy"
+    assert _close(onnx_answer["faces"][0], torch_answer["faces"][0], tol=1e-4)
