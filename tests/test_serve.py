@@ -105,13 +105,20 @@ BAD_INPUTS = {
     "zero-byte": (lambda: _post_args(b"", "image/jpeg"), 400, "empty"),
     "decompression-bomb": (lambda: _post_args(_bomb(), "image/png"), 413, "declares 10,000 MP"),
     "oversized": (lambda: _post_args(b"\xff\xd8" + b"\x00" * (1536 * 1024), "image/jpeg"), 413, "upload too large"),
+    "oversized-chunked": (lambda: _post_args(_chunks(b"\x00" * 65536, 24), "image/jpeg"), 413, "upload too large"),
     "wrong-content-type": (lambda: _post_args(b'{"path": "/etc/passwd"}', "application/json"), 415, "content type"),
     "missing-field": (lambda: {"files": {"image": ("a.jpg", b"x", "image/jpeg")}}, 422, "missing multipart field"),
     "text-not-file": (lambda: {"files": {"file": (None, "/etc/passwd")}}, 422, "must be a file"),
 }
 
 
-def _post_args(data: bytes, content_type: str) -> dict:
+def _chunks(piece: bytes, count: int):
+    """A body sent in chunks, without a Content-Length: the limit must hold while it streams in."""
+    for _ in range(count):
+        yield piece
+
+
+def _post_args(data, content_type: str) -> dict:
     return {"content": data, "headers": {"Content-Type": content_type}}
 
 

@@ -56,16 +56,17 @@ class ServeConfig:
 
 
 class UploadTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"upload too large: the limit is {limit / 2**20:g} MiB per request")
+    def __init__(self, limit_mb: float) -> None:
+        super().__init__(413, f"upload too large: the limit is {limit_mb:g} MiB per image")
 
 
 class BodyLimit:
     """Pure ASGI middleware: refuse bodies over the route's byte limit (declared or streamed)."""
 
-    def __init__(self, app, limit_of) -> None:
+    def __init__(self, app, limit_of, limit_mb: float) -> None:
         self.app = app
         self.limit_of = limit_of
+        self.limit_mb = limit_mb  # for the message
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,7 +74,7 @@ class BodyLimit:
         limit = self.limit_of(scope["path"])
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = JSONResponse({"error": UploadTooLarge(limit).detail, "status": 413}, status_code=413,
+            response = JSONResponse({"error": UploadTooLarge(self.limit_mb).detail, "status": 413}, status_code=413,
                                     headers={"Connection": "close"})
             return await response(scope, receive, send)
         received = 0
@@ -84,7 +85,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise UploadTooLarge(limit)
+                    raise UploadTooLarge(self.limit_mb)
             return message
 
         await self.app(scope, counting_receive, send)
@@ -254,7 +255,7 @@ def create_app(engine: InferenceEngine, config: ServeConfig | None = None) -> Fa
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=[API_KEY_HEADER, "Content-Type"])
-    app.add_middleware(BodyLimit, limit_of=body_limit)
+    app.add_middleware(BodyLimit, limit_of=body_limit, limit_mb=config.max_upload_mb)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
 
     @app.post("/v1/predict", dependencies=protected, openapi_extra=_upload_schema("file", many=False),
@@ -287,7 +288,7 @@ def create_app(engine: InferenceEngine, config: ServeConfig | None = None) -> Fa
         try:
             async def one(i: int, data: bytes) -> dict[str, Any]:
                 if i in too_big:
-                    return {"error": UploadTooLarge(per_image).detail, "status": 413}
+                    return {"error": UploadTooLarge(config.max_upload_mb).detail, "status": 413}
                 try:
                     return await server.recognise(data, options)
                 except InputRejected as exc:
