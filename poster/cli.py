@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in (test, models):
         module.add_parser(sub)
-    for name in ("train", "predict", "export", "benchmark", "weights"):
+    for name in ("train", "predict", "export", "benchmark", "weights", "serve"):
         _maybe_add(sub, name)
     for command in {id(p): p for p in sub.choices.values()}.values():
         if "--verbose" not in command._option_string_actions:  # -v after the command works too

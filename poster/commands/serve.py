@@ -1,0 +1,97 @@
+"""``poster serve``: the REST API (``/v1/predict``, ``/v1/predict/batch``, ``/v1/model``, ``/healthz``,
+``/readyz``, ``/metrics``, OpenAPI page at ``/docs``) and the browser page at ``/``."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+from ..errors import PosterError
+
+log = logging.getLogger("poster")
+
+API_KEY_ENV = "POSTER_API_KEY"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve a model over HTTP: REST API + a browser page with the webcam",
+        description="Run an HTTP server (FastAPI + uvicorn) that recognises the expressions of the faces in "
+                    "uploaded images. Requests from many clients are micro-batched. Open http://HOST:PORT/ "
+                    "for the page, /docs for the API.")
+    p.add_argument("-c", "--checkpoint", default=None,
+                   help="weights file, release name, ONNX or TorchScript file (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx", "torchscript"),
+                   help="what runs the model (auto: by the file)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="PyTorch runtime precision")
+    p.add_argument("--workers", type=int, default=2, help="threads decoding and detecting faces (default 2)")
+    p.add_argument("--max-batch", type=int, default=16, help="faces per model call, gathered across requests "
+                   "(default 16; 1 disables micro-batching)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch may wait for faces still being detected (default 10 ms)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="images in progress at once; more are answered 503 with Retry-After (default 64)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload in MiB (default 10)")
+    p.add_argument("--max-pixels", type=float, default=40.0,
+                   help="largest image in megapixels, checked from the header before decoding (default 40)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require this key in the X-API-Key header of every /v1 and /metrics request "
+                        f"(better: set ${API_KEY_ENV}, which does not show in the process list)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from this origin to call the API (repeatable; default: none)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(run=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise PosterError("--port must be between 0 and 65535")
+    for name in ("workers", "max_batch", "max_queue"):
+        if getattr(args, name) < 1:
+            raise PosterError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_wait_ms < 0:
+        raise PosterError("--max-wait-ms must be >= 0")
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
+        raise PosterError("--max-upload-mb and --max-pixels must be positive")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    try:
+        import uvicorn
+
+        from ..serve.app import ServeConfig, create_app
+    except ImportError as exc:
+        raise PosterError(f"poster serve needs FastAPI and uvicorn ({exc.name} is missing): "
+                          "pip install 'poster-fer[serve]'") from exc
+    from ..serve.engine import InferenceEngine, load_recognizer, model_display_name
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}: other machines can reach this server"
+              + ("" if api_key else f" and, without --api-key/${API_KEY_ENV}, use it freely"), file=sys.stderr)
+    recognizer = load_recognizer(args.checkpoint, device=args.device, runtime=args.runtime, precision=args.precision)
+    engine = InferenceEngine(recognizer, model_display_name(args.checkpoint), max_pixels=int(args.max_pixels * 1e6))
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         workers=args.workers, max_upload_mb=args.max_upload_mb,
+                         max_pixels=int(args.max_pixels * 1e6), api_key=api_key, cors_origins=args.cors_origin)
+    log.info("model %s (%s, classes %s) on %s; max batch %d; API key %s", engine.model_name, recognizer.meta.arch,
+             ", ".join(engine.class_names), recognizer.device, args.max_batch, "required" if api_key else "off")
+    uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level=args.log_level,
+                server_header=False, timeout_graceful_shutdown=5)
+    return 0
