@@ -547,3 +547,24 @@ def test_error_is_checkpoint_error_with_readable_message(tmp_path):
     torch_zip_with_pickle(p, PROTO2 + call("os", "system", "true") + STOP)
     msg = _assert_refused(p, "forbidden")
     assert "weights_only=False" not in msg
+
+
+def test_torch_compat_api_present(tmp_path):
+    """The private torch serialisation APIs the safe loader relies on (poster/checkpoint/_torchcompat.py)
+    exist and behave as expected on the installed torch (supported: torch >= 2.6)."""
+    import io as _io
+
+    from poster.checkpoint import _torchcompat as compat
+
+    path = tmp_path / "plain.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    with open(path, "rb") as f, compat.open_zip_reader(f) as zf:
+        assert not compat.is_torchscript_zip(zf) and zf.has_record("data.pkl")
+        data = zf.get_record("data.pkl")
+    assert "torch._utils._rebuild_tensor_v2" in compat.globals_in_pickle(_io.BytesIO(data))
+    marker = (types.SimpleNamespace, "tests.compat_marker")
+    before = compat.safe_globals_now()
+    compat.add_safe_globals([marker])
+    assert marker in compat.safe_globals_now()
+    compat.remove_safe_globals([marker])
+    assert compat.safe_globals_now() == before
