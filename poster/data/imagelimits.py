@@ -150,10 +150,12 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"image file not found: {p}") from exc
     except OSError as exc:
         raise DatasetError(f"cannot read image file {p}: {exc.strerror or exc}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO, device or socket, never read"
+        raise DatasetError(f"not a regular file ({what}): {p}")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise DatasetError(f"not a regular file (a FIFO, device or socket is never read): {p}")
         head = f.read(HEAD_BYTES)
         size = check_pixel_budget(head, str(p))
         if size is None and info.st_size > UNKNOWN_HEADER_MAX_BYTES:
