@@ -60,7 +60,7 @@ from .train.data import EpochSampler
 from .train.losses import build_loss
 from .train.recipes import Recipe, get_recipe
 from .train.sam import SAM
-from .train.trainer import sam_train_step
+from .train.sam import sam_train_step
 
 log = logging.getLogger("poster.benchmark")
 

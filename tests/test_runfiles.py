@@ -43,8 +43,8 @@ def _trainer(stripes, out: Path, monkeypatch, epochs: int = 3, resume: bool = Fa
 
     def scripted(split, model=None):
         metrics, report = real(split, model)
-        if split == "val" and model is None and len(trainer.history) < 3:
-            metrics = {**metrics, "acc": SCRIPTED_VAL_ACC[len(trainer.history) + 1]}
+        if split == "val" and model is None and len(trainer.state.history) < 3:
+            metrics = {**metrics, "acc": SCRIPTED_VAL_ACC[len(trainer.state.history) + 1]}
         return metrics, report
 
     monkeypatch.setattr(trainer, "evaluate_split", scripted)
