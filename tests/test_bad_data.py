@@ -249,7 +249,7 @@ def test_check_images_empty_records():
 
 def _options(data: Path, out: Path, **kw) -> TrainOptions:
     return TrainOptions(dataset="folder", data=str(data), output_dir=str(out), val_fraction=0.25, workers=0,
-                        progress=False, **kw)
+                        eval_batch_size=8, progress=False, **kw)
 
 
 @pytest.fixture()
@@ -266,7 +266,7 @@ def test_trainer_stops_on_bad_image_before_training(stripes_with_bad, tmp_path, 
         raise AssertionError("training started despite a bad image")
 
     monkeypatch.setattr(trainer_mod, "sam_train_step", no_training)
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1"])
     trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run", cache=cache))
     with pytest.raises(DatasetError, match=r"empty \(0 bytes\): .*zz broken é\.png.*--skip-bad"):
         trainer.fit()
@@ -275,7 +275,7 @@ def test_trainer_stops_on_bad_image_before_training(stripes_with_bad, tmp_path, 
 
 @pytest.mark.parametrize("cache", [None, "memory"])
 def test_trainer_skip_bad_logs_count_and_names(stripes_with_bad, tmp_path, caplog, cache):
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1"])
     with caplog.at_level(logging.WARNING, logger="poster.train"):
         data = build_data_bundle(recipe, _options(stripes_with_bad, tmp_path / "run", skip_bad=True, cache=cache))
     assert sum(data.skipped_images.values()) == 2 and data.skipped_images["test"] == 1
@@ -293,6 +293,6 @@ def test_trainer_all_images_bad_is_an_error(tmp_path):
     root = make_stripes_dataset(tmp_path / "data", per_class=4, size=16)
     for p in (root / "test").rglob("*.png"):
         p.write_bytes(b"")
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1"])
     with pytest.raises(PosterError, match="no usable images left in the test split"):
         build_data_bundle(recipe, _options(root, tmp_path / "run", skip_bad=True))

@@ -31,7 +31,8 @@ class TrainOptions:
     limit_train: int | None = None  # stratified subset sizes, for quick experiments
     limit_val: int | None = None
     limit_test: int | None = None
-    workers: int | None = None  # None: the recipe's
+    workers: int | None = None  # data-loading processes; None: the recipe's suggestion (run_defaults)
+    eval_batch_size: int | None = None  # None: the recipe's suggestion (run_defaults)
     progress: bool = True
     tensorboard: bool = False
     sync_bn: bool = False
@@ -47,6 +48,8 @@ class TrainOptions:
             raise PosterError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.channels_last not in ("auto", "on", "off"):
             raise PosterError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise PosterError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
 
 
 @dataclass

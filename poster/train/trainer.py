@@ -40,7 +40,7 @@ from .data import EpochSampler, UInt8ImageDataset, balanced_weights
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .losses import build_loss
 from . import runfiles
-from .recipes import Recipe
+from .recipes import Recipe, run_defaults
 from .recorder import RunRecorder
 from .options import EpochStats, TrainOptions
 from .sam import sam_train_step
@@ -94,7 +94,10 @@ class Trainer:
             raise PosterError(f"batch size {recipe.batch_size} is not divisible by the {self.dist.world_size} "
                               "processes: the global batch is kept, so it must split evenly")
         self.local_batch = recipe.batch_size // self.dist.world_size
-        self.workers = recipe.workers if options.workers is None else options.workers
+        suggested = run_defaults(recipe.name)
+        self.workers = suggested.workers if options.workers is None else options.workers
+        self.eval_batch_size = (suggested.eval_batch_size if options.eval_batch_size is None
+                                else options.eval_batch_size)
         self.loss_fn = build_loss(recipe.loss)
         # Built by _prepare(), at the start of fit():
         self.data: DataBundle | None = None
@@ -239,6 +242,7 @@ class Trainer:
     def _check_resumable_recipe(self, saved: dict[str, Any], epochs_done: int) -> None:
         """The recipe must be the interrupted run's, except that ``epochs`` may grow (extend a run)."""
         now = self.recipe.to_dict()
+        saved = Recipe.from_dict(saved).to_dict()  # a recipe saved with the old run knobs reads as today's
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if changed == ["epochs"] and now["epochs"] >= epochs_done:
             self._log("extending the run from %d to %d epochs", saved["epochs"], now["epochs"])
@@ -321,7 +325,7 @@ class Trainer:
         records, targets = self.data.eval_sets[split]
         model = self.model if model is None else model
         ds = ImageListDataset(records, self.data.class_names, transform=EvalTransform(self.meta.input))
-        loader = DataLoader(ds, batch_size=self.recipe.val_batch_size, shuffle=False, num_workers=self.workers)
+        loader = DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.workers)
         with _evaluating(model), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             logits, y = predict_logits(model, loader, self.device)
         names = self.data.class_names
