@@ -45,8 +45,7 @@ def stripes(tmp_path_factory):
 def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     from ddp_step_worker import build, global_batches
     from poster.train.losses import build_loss
-    from poster.train.sam import SAM
-    from poster.train.trainer import sam_train_step
+    from poster.train.sam import SAM, sam_train_step
 
     out = tmp_path / "ddp.pt"
     proc = _torchrun(2, str(TESTS / "ddp_step_worker.py"), str(out))
