@@ -160,7 +160,8 @@ def _is_poster(model: nn.Module) -> bool:
     return isinstance(model, (PosterV1, PosterV2))
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op elsewhere.  Timings need it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -233,7 +234,7 @@ class FastInference(nn.Module):
             x = torch.zeros(int(b), 3, input_size, input_size)
             start = time.perf_counter()
             self(x)
-            _sync(self.device)
+            synchronize(self.device)
             total += time.perf_counter() - start
         if self.compiled:
             self.compile_seconds += total

@@ -1,13 +1,14 @@
 """``poster benchmark``: our fast path against a reference-equivalent path, in one process.
 
-Both paths use the same model (same initial weights) and the same SAM(Adam) step
-(``poster.train.trainer.sam_train_step``) with the recipe's loss, on synthetic 100x100 JPEGs
-(RAF-DB-like aligned faces are 100x100) written to a temporary folder.
+Both paths use the same model (same initial weights), the trainer's optimizer
+(``poster.train.state.build_optimizer``) and SAM step (``poster.train.sam.sam_train_step``) with
+the recipe's loss, on synthetic 100x100 JPEGs (RAF-DB-like aligned faces are 100x100) written to
+a temporary folder.
 
 * **reference**: what the original code does: per-image CPU transforms at 224 in a ``DataLoader``
-  with the original's 2 worker processes (cv2 decode; V1 flip-or-noise in numpy; PIL bilinear
-  resize to 224; flip; ToTensor/Normalize; torchvision-style random erasing in Python), eager fp32
-  model fed the 224 tensors.
+  with the original's 2 worker processes (``poster.reference.ReferenceTrainDataset``: cv2 decode,
+  V1 flip-or-noise, PIL bilinear resize to 224, flip, ToTensor/Normalize, random erasing), eager
+  fp32 model fed the 224 tensors.
 * **fast**: the uint8 112x112 cache (``poster.train.cache``) built once, batched on-device
   augmentation, bf16 autocast (CUDA, and CPUs with bf16 instructions such as AMX; fp32 on other
   CPUs), channels-last (whenever bf16 is on), fused Adam (CUDA), optional ``torch.compile``; inference through
@@ -27,10 +28,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import platform
-import random
 import re
 import statistics
 import tempfile
@@ -42,29 +41,27 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference
-from .data import load_image
-from .data.transforms import to_normalized_tensor
+from .accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference, synchronize
 from .errors import PosterError
 from .evaluate import resolve_device
 from .fileio import atomic_write_text
 from .meta import InputConfig, ModelMeta
 from .models import create_model
-from .train.augment import AugmentConfig, NOISE_STD
+from .reference import ReferenceTrainDataset
+from .train.augment import AugmentConfig
 from .train.cache import CachedBatches, build_uint8_cache
 from .train.data import EpochSampler
 from .train.losses import build_loss
 from .train.recipes import Recipe, get_recipe
-from .train.sam import SAM
-from .train.trainer import sam_train_step
+from .train.sam import sam_train_step
+from .train.state import build_optimizer
 
 log = logging.getLogger("poster.benchmark")
 
-__all__ = ["BenchmarkOptions", "run_benchmark", "format_report", "ReferenceTrainDataset", "recipe_for"]
+__all__ = ["BenchmarkOptions", "run_benchmark", "format_report", "recipe_for"]
 
 MODELS = ("poster_v1_large", "poster_v2", "poster_v1_tiny")
 
@@ -115,11 +112,6 @@ def recipe_for(model: str) -> Recipe:
     if model == "poster_v1_tiny":
         recipe = recipe.replace(arch="poster_v1_tiny", arch_options={"token_mixing": False})
     return recipe
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cpu_name() -> str:
@@ -180,60 +172,6 @@ def make_synthetic_jpegs(folder: Path, count: int, seed: int = 0, size: int = 10
     return paths
 
 
-class ReferenceTrainDataset(Dataset):
-    """The original's per-image training transforms on the CPU, at 224 (for the reference path).
-
-    cv2 decode -> (V1) flip-or-noise on the original uint8 image -> PIL bilinear resize to 224 ->
-    RandomHorizontalFlip -> ToTensor/Normalize -> RandomErasing (torchvision's algorithm, per image).
-    """
-
-    def __init__(self, records: Sequence[tuple[str, int]], recipe: Recipe, size: int = 224):
-        self.records = list(records)
-        self.order = recipe.channel_order
-        self.flip_or_noise = recipe.flip_or_noise
-        self.hflip_p = recipe.hflip_p
-        self.erasing_p = recipe.erasing_p
-        self.erasing_scale = tuple(recipe.erasing_scale)
-        self.erasing_ratio = tuple(recipe.erasing_ratio)
-        cfg = recipe.input_config()
-        self.mean, self.std = cfg.mean, cfg.std
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def _erase(self, t: torch.Tensor) -> torch.Tensor:
-        if random.random() >= self.erasing_p:
-            return t
-        _, h, w = t.shape
-        area = h * w
-        lr0, lr1 = math.log(self.erasing_ratio[0]), math.log(self.erasing_ratio[1])
-        for _ in range(10):
-            target = area * random.uniform(*self.erasing_scale)
-            aspect = math.exp(random.uniform(lr0, lr1))
-            eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if eh < h and ew < w:
-                i, j = random.randint(0, h - eh), random.randint(0, w - ew)
-                t[:, i:i + eh, j:j + ew] = 0
-                return t
-        return t
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.records[index]
-        image = load_image(path, self.order)
-        if self.flip_or_noise and random.random() < 0.5:
-            if random.random() < 0.5:
-                image = image[:, ::-1]
-            else:
-                noisy = image + np.random.normal(0.0, NOISE_STD, image.shape)
-                image = np.clip(noisy, 0, 255).astype(np.uint8)
-        pil = Image.fromarray(np.ascontiguousarray(image)).resize((self.size, self.size), Image.BILINEAR)
-        if random.random() < self.hflip_p:
-            pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
-        t = to_normalized_tensor(np.asarray(pil), self.mean, self.std)
-        return self._erase(t), label
-
-
 def _paired_seconds(fns: dict[str, tuple[Callable[[Any], Any], Any]], device: torch.device, min_time: float,
                     calls_per_round: bool = True, min_rounds: int = 3, max_rounds: int = 200) -> dict[str, dict]:
     """Seconds per call of several functions measured in *alternating* rounds (the order rotates
@@ -249,10 +187,10 @@ def _paired_seconds(fns: dict[str, tuple[Callable[[Any], Any], Any]], device: to
     for name in names:  # warm-up and calibration
         fn, arg = fns[name]
         fn(arg)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn(arg)
-        _sync(device)
+        synchronize(device)
         per_call[name] = max(time.perf_counter() - start, 1e-6)
     target = min_time / (min_rounds * len(names))
     k = {n: (max(1, int(target / per_call[n])) if calls_per_round else 1) for n in names}
@@ -266,7 +204,7 @@ def _paired_seconds(fns: dict[str, tuple[Callable[[Any], Any], Any]], device: to
             start = time.perf_counter()
             for _ in range(k[name]):
                 fn(arg)
-            _sync(device)
+            synchronize(device)
             samples[name].append((time.perf_counter() - start) / k[name])
         rounds += 1
     return {n: {"median": statistics.median(v), "min": min(v), "rounds": len(v), "calls_per_round": k[n]}
@@ -277,13 +215,6 @@ def _ratio(fast: float | None, ref: float | None) -> float | None:
     if not fast or not ref:
         return None
     return fast / ref
-
-
-def _build_optimizer(model: nn.Module, recipe: Recipe, fused: bool) -> SAM:
-    params = [p for p in model.parameters() if p.requires_grad]
-    extra = {"fused": True} if fused else {}
-    return SAM(params, torch.optim.Adam, rho=recipe.sam_rho, adaptive=recipe.sam_adaptive, lr=recipe.lr,
-               betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay, **extra)
 
 
 # --------------------------------------------------------------------------- sections
@@ -322,7 +253,7 @@ def _plan(o: BenchmarkOptions, device: torch.device, recipe: Recipe) -> _Plan:
 def _train_reference(model: nn.Module, recipe: Recipe, records, plan: _Plan, workers: int,
                      mem: _Memory) -> dict[str, Any]:
     device = plan.device
-    dataset = ReferenceTrainDataset(records, recipe)
+    dataset = ReferenceTrainDataset(records, AugmentConfig.from_recipe(recipe, input_order=recipe.channel_order))
     loader = DataLoader(dataset, batch_size=plan.train_batch, shuffle=True, num_workers=workers,
                         drop_last=True, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(0))
@@ -335,20 +266,20 @@ def _train_reference(model: nn.Module, recipe: Recipe, records, plan: _Plan, wor
     out["pipeline_images_per_s"] = seen / (time.perf_counter() - start)
 
     model.train()
-    optimizer = _build_optimizer(model, recipe, fused=False)
+    optimizer = build_optimizer(model, recipe, fused=False)
     loss_fn = build_loss(recipe.loss)
     mem.reset()
     start = None
     steps = 0
     for i, (x, y) in enumerate(loader):
         if i == plan.warmup:
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         sam_train_step(model, optimizer, loss_fn, x, y, bf16=False)
         if start is not None:
             steps += 1
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - start if start is not None else float("nan")
     out["train_images_per_s"] = steps * plan.train_batch / elapsed
     out["train_steps_timed"] = steps
@@ -374,12 +305,12 @@ def _train_fast(model: nn.Module, recipe: Recipe, records, plan: _Plan, o: Bench
                                                                plan.train_batch)]
     # the input pipeline alone: gather + augment + normalise, on the device
     batches.batch(chunks[0])
-    _sync(device)
+    synchronize(device)
     reps = max(3, len(chunks))
     start = time.perf_counter()
     for i in range(reps):
         batches.batch(chunks[i % len(chunks)])
-    _sync(device)
+    synchronize(device)
     out["pipeline_images_per_s"] = reps * plan.train_batch / (time.perf_counter() - start)
 
     model.train()
@@ -388,7 +319,7 @@ def _train_fast(model: nn.Module, recipe: Recipe, records, plan: _Plan, o: Bench
     runner: nn.Module = model
     if o.compile:
         runner = torch.compile(model)
-    optimizer = _build_optimizer(model, recipe, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, recipe, fused=device.type == "cuda")
     loss_fn = build_loss(recipe.loss)
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
     old_benchmark = torch.backends.cudnn.benchmark
@@ -399,17 +330,17 @@ def _train_fast(model: nn.Module, recipe: Recipe, records, plan: _Plan, o: Bench
         steps = 0
         for i, chunk in enumerate(chunks):
             if i == plan.warmup:
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
             first = time.perf_counter()
             x, y = batches.batch(chunk)
             sam_train_step(runner, optimizer, loss_fn, x.contiguous(memory_format=fmt), y, bf16=plan.bf16)
             if i == 0:
-                _sync(device)
+                synchronize(device)
                 out["first_step_seconds"] = time.perf_counter() - first
             if t0 is not None:
                 steps += 1
-        _sync(device)
+        synchronize(device)
         elapsed = time.perf_counter() - t0 if t0 is not None else float("nan")
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
@@ -447,7 +378,7 @@ def _inference(model: nn.Module, plan: _Plan, o: BenchmarkOptions, mem: _Memory)
     for out, fn in ((ref, eager), (fast_out, fast)):
         mem.reset()
         fn(x_all)
-        _sync(device)
+        synchronize(device)
         out["peak_memory_mb_inference"] = mem.peak_mb()
     # throughput, the two paths alternating
     for b in plan.batch_sizes:

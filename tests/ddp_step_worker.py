@@ -24,7 +24,7 @@ def global_batches(steps: int = 2, size: int = 8):
 def main(out: str) -> None:
     from poster.train.losses import build_loss
     from poster.train.sam import SAM
-    from poster.train.trainer import sam_train_step
+    from poster.train.sam import sam_train_step
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

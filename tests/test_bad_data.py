@@ -24,6 +24,7 @@ from poster.data.transforms import decode_image_bytes, load_image
 from poster.errors import DatasetError, PosterError, flag_wording
 from poster.train import trainer as trainer_mod
 from poster.train.recipes import get_recipe
+from poster.train.bundle import build_data_bundle
 from poster.train.trainer import Trainer, TrainOptions
 from train_helpers import make_stripes_dataset
 
@@ -250,7 +251,7 @@ def test_check_images_empty_records():
 
 def _options(data: Path, out: Path, **kw) -> TrainOptions:
     return TrainOptions(dataset="folder", data=str(data), output_dir=str(out), val_fraction=0.25, workers=0,
-                        progress=False, **kw)
+                        eval_batch_size=8, progress=False, **kw)
 
 
 @pytest.fixture()
@@ -267,7 +268,7 @@ def test_trainer_stops_on_bad_image_before_training(stripes_with_bad, tmp_path, 
         raise AssertionError("training started despite a bad image")
 
     monkeypatch.setattr(trainer_mod, "sam_train_step", no_training)
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1"])
     trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run", cache=cache))
     with pytest.raises(DatasetError, match=r"empty \(0 bytes\): .*zz broken é\.png.*skip_bad=True"):
         trainer.fit()
@@ -276,26 +277,24 @@ def test_trainer_stops_on_bad_image_before_training(stripes_with_bad, tmp_path, 
 
 @pytest.mark.parametrize("cache", [None, "memory"])
 def test_trainer_skip_bad_logs_count_and_names(stripes_with_bad, tmp_path, caplog, cache):
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
-    trainer = Trainer(recipe, _options(stripes_with_bad, tmp_path / "run", skip_bad=True, cache=cache))
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1"])
     with caplog.at_level(logging.WARNING, logger="poster.train"):
-        trainer._build_data()
-    assert sum(trainer.skipped_images.values()) == 2 and trainer.skipped_images["test"] == 1
-    every = [p for p, _ in trainer.train_records + trainer.eval_sets["val"][0] + trainer.eval_sets["test"][0]]
+        data = build_data_bundle(recipe, _options(stripes_with_bad, tmp_path / "run", skip_bad=True, cache=cache))
+    assert sum(data.skipped_images.values()) == 2 and data.skipped_images["test"] == 1
+    every = [p for p, _ in data.train_records + data.eval_sets["val"][0] + data.eval_sets["test"][0]]
     assert not any(p.endswith(("zz broken é.png", "half.jpg")) for p in every)
     assert len(every) == 4 * 2 + 2 * 2  # all good images kept
     text = caplog.text
     assert "skipped 1 bad image(s)" in text and "zz broken é.png" in text and "half.jpg" in text
     if cache:
-        assert len(trainer.cache) == len(trainer.train_records)
-        assert trainer.cache.labels.tolist() == trainer.train_targets
+        assert len(data.cache) == len(data.train_records)
+        assert data.cache.labels.tolist() == data.train_targets
 
 
 def test_trainer_all_images_bad_is_an_error(tmp_path):
     root = make_stripes_dataset(tmp_path / "data", per_class=4, size=16)
     for p in (root / "test").rglob("*.png"):
         p.write_bytes(b"")
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
-    trainer = Trainer(recipe, _options(root, tmp_path / "run", skip_bad=True))
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1"])
     with pytest.raises(PosterError, match="no usable images left in the test split"):
-        trainer._build_data()
+        build_data_bundle(recipe, _options(root, tmp_path / "run", skip_bad=True))

@@ -6,7 +6,8 @@ import pytest
 
 from poster.errors import PosterError
 from poster.train.augment import AugmentConfig
-from poster.train.recipes import RECIPES, Recipe, RecipeError, get_recipe, list_recipes
+from poster.train.recipes import (RECIPES, RUN_DEFAULTS, Recipe, RecipeError, RunDefaults, get_recipe, list_recipes,
+                                  run_defaults)
 
 
 def test_registry_names():
@@ -21,7 +22,8 @@ def test_registry_names():
 def test_v1_rafdb_matches_spec():
     r = get_recipe("v1_rafdb")
     assert (r.arch, r.arch_options, r.channel_order, r.dataset) == ("poster_v1_large", {"token_mixing": True}, "BGR", "rafdb")
-    assert (r.lr, r.lr_gamma, r.batch_size, r.epochs, r.val_batch_size, r.workers, r.seed) == (4e-5, 0.98, 200, 300, 32, 2, 123)
+    assert (r.lr, r.lr_gamma, r.batch_size, r.epochs, r.seed) == (4e-5, 0.98, 200, 300, 123)
+    assert run_defaults("v1_rafdb") == RunDefaults(workers=2, eval_batch_size=32)
     assert (r.loss, r.flip_or_noise, r.hflip_p, r.erasing_p, r.erasing_scale, r.erasing_ratio, r.sampler) == (
         "ce+2lsce", True, 0.5, 0.5, (0.02, 0.1), (0.3, 3.3), "shuffle")
     assert (r.optimizer, r.betas, r.eps, r.weight_decay, r.sam_rho, r.sam_adaptive) == ("adam", (0.9, 0.999), 1e-8, 0.0, 0.05, False)
@@ -46,8 +48,9 @@ def test_v1_affectnet(name):
 )
 def test_v2_presets(name, lr, p, scale, sampler):
     r = get_recipe(name)
-    assert (r.arch, r.channel_order, r.loss, r.flip_or_noise, r.batch_size, r.val_batch_size, r.epochs) == (
-        "poster_v2", "RGB", "ce", False, 144, 144, 200)
+    assert (r.arch, r.channel_order, r.loss, r.flip_or_noise, r.batch_size, r.epochs) == (
+        "poster_v2", "RGB", "ce", False, 144, 200)
+    assert run_defaults(name) == RunDefaults(workers=4, eval_batch_size=144)
     assert (r.lr, r.erasing_p, r.erasing_scale, r.sampler, r.hflip_p) == (lr, p, scale, sampler, 0.5)
 
 
@@ -96,3 +99,31 @@ def test_augment_config_from_recipe():
         True, 0.5, 0.5, (0.02, 0.1), "BGR")
     cfg = AugmentConfig.from_recipe(get_recipe("v2_caers"))
     assert (cfg.flip_or_noise, cfg.erasing_p, cfg.erasing_scale, cfg.channel_order) == (False, 1.0, (0.05, 0.05), "RGB")
+
+
+def test_run_knobs_are_not_recipe_fields_but_old_recipes_still_read():
+    assert set(RUN_DEFAULTS) == set(RECIPES)
+    for knob, option in (("workers", "workers"), ("val_batch_size", "eval_batch_size")):
+        with pytest.raises(RecipeError, match=f"{knob} is a run option.*TrainOptions.{option}"):
+            get_recipe("fer2013_small", [f"{knob}=8"])
+    saved = {**get_recipe("v1_rafdb").to_dict(), "workers": 2, "val_batch_size": 32}  # a checkpoint's recipe
+    assert Recipe.from_dict(saved) == get_recipe("v1_rafdb")
+    assert run_defaults("not registered") == RunDefaults()
+
+
+def test_train_flags_take_their_defaults_from_train_options():
+    """Every ``poster train`` flag that sets a TrainOptions field defaults to that field's default."""
+    from poster.cli import build_parser
+    from poster.train.options import TrainOptions
+
+    args = build_parser().parse_args(["train"])
+    inverted = {"progress": "no_progress"}  # --no-progress stores the negation
+    checked = 0
+    for f in dataclasses.fields(TrainOptions):
+        dest = inverted.get(f.name, f.name)
+        if f.default is dataclasses.MISSING or not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        assert (not value if dest in inverted.values() else value) == f.default, f.name
+        checked += 1
+    assert checked >= 20

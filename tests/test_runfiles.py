@@ -35,16 +35,16 @@ def stripes(tmp_path_factory):
 
 
 def _trainer(stripes, out: Path, monkeypatch, epochs: int = 3, resume: bool = False) -> Trainer:
-    recipe = get_recipe("fer2013_small", ["batch_size=4", f"epochs={epochs}", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", f"epochs={epochs}"])
     options = TrainOptions(dataset="folder", data=str(stripes), output_dir=str(out), val_fraction=0.25, workers=0,
-                           progress=False, test_split=None, resume=resume)
+                           eval_batch_size=8, progress=False, test_split=None, resume=resume)
     trainer = Trainer(recipe, options)
     real = trainer.evaluate_split
 
     def scripted(split, model=None):
         metrics, report = real(split, model)
-        if split == "val" and model is None and len(trainer.history) < 3:
-            metrics = {**metrics, "acc": SCRIPTED_VAL_ACC[len(trainer.history) + 1]}
+        if split == "val" and model is None and len(trainer.state.history) < 3:
+            metrics = {**metrics, "acc": SCRIPTED_VAL_ACC[len(trainer.state.history) + 1]}
         return metrics, report
 
     monkeypatch.setattr(trainer, "evaluate_split", scripted)
@@ -143,8 +143,8 @@ def test_resume_extends_a_finished_run(stripes, tmp_path, monkeypatch):
     _assert_consistent(out, result)
     with pytest.raises(PosterError, match="already done 3 epochs"):
         _trainer(stripes, out, monkeypatch, epochs=2, resume=True).fit()
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=4", "val_batch_size=8", "lr=1e-2"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=4", "lr=1e-2"])
     options = TrainOptions(dataset="folder", data=str(stripes), output_dir=str(out), val_fraction=0.25, workers=0,
-                           progress=False, test_split=None, resume=True)
+                           eval_batch_size=8, progress=False, test_split=None, resume=True)
     with pytest.raises(PosterError, match=r"differs .* in \['epochs', 'lr'\].*only epochs may change"):
         Trainer(recipe, options).fit()

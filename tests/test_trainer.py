@@ -23,7 +23,7 @@ from train_helpers import make_stripes_dataset
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
-TINY = ["--recipe", "fer2013_small", "--dataset", "folder", "--set", "batch_size=4", "--set", "val_batch_size=8",
+TINY = ["--recipe", "fer2013_small", "--dataset", "folder", "--set", "batch_size=4", "--eval-batch-size", "8",
         "--set", "epochs=3", "--val-fraction", "0.25", "--no-progress", "-j", "0"]
 
 
@@ -46,8 +46,7 @@ def stripes(tmp_path_factory):
 def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     from ddp_step_worker import build, global_batches
     from poster.train.losses import build_loss
-    from poster.train.sam import SAM
-    from poster.train.trainer import sam_train_step
+    from poster.train.sam import SAM, sam_train_step
 
     out = tmp_path / "ddp.pt"
     proc = _torchrun(2, str(TESTS / "ddp_step_worker.py"), str(out))
@@ -136,9 +135,9 @@ def test_kill_9_then_resume_equals_uninterrupted_run(stripes, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(stripes, tmp_path, monkeypatch):
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=3", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=3"])
     options = TrainOptions(dataset="folder", data=str(stripes), output_dir=str(tmp_path / "run"),
-                           val_fraction=0.25, workers=0, progress=False)
+                           val_fraction=0.25, workers=0, eval_batch_size=8, progress=False)
     calls = {"n": 0}
     real_step = trainer_mod.sam_train_step
 
@@ -185,9 +184,9 @@ def test_compile_option_wraps_the_training_model_and_reports_the_first_step(stri
         return compiled[-1]
 
     monkeypatch.setattr(trainer_mod.torch, "compile", fake_compile)
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=1"])
     options = TrainOptions(dataset="folder", data=str(stripes), output_dir=str(tmp_path / "run"),
-                           val_fraction=0.25, workers=0, progress=False, test_split=None, compile=True)
+                           val_fraction=0.25, workers=0, eval_batch_size=8, progress=False, test_split=None, compile=True)
     trainer = Trainer(recipe, options)
     with caplog.at_level("INFO"):
         trainer.fit()
@@ -260,9 +259,9 @@ def test_cached_pipeline_trains_and_resumes_like_uncached(stripes, tmp_path):
 
 def test_select_on_test_reports_both_numbers(stripes, tmp_path):
     """--select-on test (the papers' protocol) picks by test accuracy and also reports the honest number."""
-    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=2", "val_batch_size=8"])
+    recipe = get_recipe("fer2013_small", ["batch_size=4", "epochs=2"])
     options = TrainOptions(dataset="folder", data=str(stripes), output_dir=str(tmp_path / "run"),
-                           val_fraction=0.25, workers=0, progress=False, select_on="test")
+                           val_fraction=0.25, workers=0, eval_batch_size=8, progress=False, select_on="test")
     result = Trainer(recipe, options).fit()
     history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(h["test_acc"] is not None and h["val_acc"] is not None for h in history)

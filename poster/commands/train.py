@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,9 @@ from ..errors import PosterError
 from ..textsafe import printable
 from ..train.recipes import get_recipe, list_recipes
 from ..train.trainer import Trainer, TrainOptions
+
+# Option defaults live on TrainOptions; the parser reads them from there (tests check every flag).
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
 
 
 def add_parser(subparsers) -> None:
@@ -30,20 +34,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output-dir", help="run folder (default runs/train/<recipe>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set lr=1e-4 --set epochs=20 (repeatable)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default=None,
+    p.add_argument("--train-split", default=DEFAULTS["train_split"])
+    p.add_argument("--val-split", default=DEFAULTS["val_split"],
                    help="explicit validation split; default: hold out --val-fraction of the training split")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-split", default="test", help="split evaluated once at the end ('none' to skip)")
-    p.add_argument("--select-on", choices=("val", "test"), default="val",
+    p.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"])
+    p.add_argument("--test-split", default=DEFAULTS["test_split"], help="split evaluated once at the end ('none' to skip)")
+    p.add_argument("--select-on", choices=("val", "test"), default=DEFAULTS["select_on"],
                    help="'test' reproduces the papers' protocol (best test accuracy over epochs; optimistic)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--device", default=DEFAULTS["device"])
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=DEFAULTS["precision"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU ('bf16' on a CPU with AMX/AVX512-BF16 "
                         "trains ~2x faster)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (opt-in: compilation takes minutes; its time is logged)")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default=DEFAULTS["channels_last"],
                    help="NHWC convolutions (auto: on whenever bf16 autocast is on)")
     p.add_argument("--ir50", help="official ir50.pth to initialise the IR-50 trunk ('auto': the release 'ir50', "
                                   "fetched on first use)")
@@ -53,7 +57,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit-train", type=int, help="use a stratified subset of this many training images")
     p.add_argument("--limit-val", type=int)
     p.add_argument("--limit-test", type=int)
-    p.add_argument("-j", "--workers", type=int, help="data-loading processes (default: the recipe's)")
+    p.add_argument("-j", "--workers", type=int, help="data-loading processes (default: the recipe's suggestion)")
+    p.add_argument("--eval-batch-size", type=int,
+                   help="batch size of validation and test passes (default: the recipe's suggestion)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs (default: per-GPU BN as the original)")
     p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
     p.add_argument("--skip-bad", action="store_true",
@@ -98,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile, ir50=_backbone_file(args.ir50, "ir50"),
         landmark=_backbone_file(args.landmark, "mobilefacenet68"), resume=args.resume,
         limit_train=args.limit_train, limit_val=args.limit_val,
-        limit_test=args.limit_test, workers=args.workers, progress=not args.no_progress,
+        limit_test=args.limit_test, workers=args.workers, eval_batch_size=args.eval_batch_size,
+        progress=not args.no_progress,
         tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic, cache=args.cache,
         skip_bad=args.skip_bad)
     with _locked_run_folder(Path(output_dir), args.resume):
@@ -120,6 +127,8 @@ def _check_options(args: argparse.Namespace) -> None:
             raise PosterError(f"{flag} must be at least 1 image, got {value}")
     if args.workers is not None and args.workers < 0:
         raise PosterError(f"--workers must be 0 (load in this process) or more, got {args.workers}")
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise PosterError(f"--eval-batch-size must be at least 1, got {args.eval_batch_size}")
     if not Path(args.data).is_dir():
         raise PosterError(f"--data: no such folder: {printable(args.data)}")
     resolve_device(args.device)

@@ -25,7 +25,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import cv2
 import numpy as np
@@ -43,6 +43,8 @@ __all__ = [
     "decode_image_bytes",
     "to_uint8_array",
     "to_normalized_tensor",
+    "normalize_levels",
+    "resize_square",
     "EvalTransform",
 ]
 
@@ -215,16 +217,31 @@ def to_uint8_array(image: ImageLike, channel_order: str = "RGB", assume: str | N
     return _reorder(arr[:, :, :3], assume, channel_order)
 
 
+def normalize_levels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                     scale: float = 255.0) -> torch.Tensor:
+    """``(x / scale - mean) / std`` per channel of a float ``[3, H, W]`` or ``[B, 3, H, W]`` tensor:
+    ToTensor + Normalize in torchvision's op order (the one normalisation of the package; every
+    path that must match ``EvalTransform`` bit for bit goes through it)."""
+    m = torch.as_tensor(tuple(mean), dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(tuple(std), dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    if scale != 1.0:
+        x = x.div(scale)
+    return x.sub(m).div(s)
+
+
 def to_normalized_tensor(arr: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """HxWx3 uint8 -> float32 [3,H,W]: ``(u8 / 255 - mean) / std`` in torchvision's op order."""
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
         arr = arr.copy()
     t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    t = t.to(torch.float32).div(255)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return t.sub_(m).div_(s)
+    return normalize_levels(t.to(torch.float32), mean, std)
+
+
+def resize_square(arr: np.ndarray, size: int, resample: int = Image.BILINEAR) -> np.ndarray:
+    """HxWxC uint8 -> size x size x C with PIL (bilinear by default): torchvision's
+    ``Resize((S, S))`` on a PIL image, as the reference pipeline resizes."""
+    return np.asarray(Image.fromarray(arr).resize((size, size), resample))
 
 
 def to_grey3(arr: np.ndarray, order: str) -> np.ndarray:
@@ -273,9 +290,8 @@ class EvalTransform:
             raise TypeError(f"EvalTransform expects a numpy array or PIL image, got {type(image).__name__}")
         if self.input_config.grayscale:
             arr = to_grey3(arr, self.channel_order)
-        s = self.size
-        resized = Image.fromarray(arr).resize((s, s), self._filter)
-        return to_normalized_tensor(np.asarray(resized), self.input_config.mean, self.input_config.std)
+        resized = resize_square(arr, self.size, self._filter)
+        return to_normalized_tensor(resized, self.input_config.mean, self.input_config.std)
 
     def __repr__(self) -> str:
         c = self.input_config

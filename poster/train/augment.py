@@ -30,12 +30,14 @@ output) for flip-or-noise, and ``[0, 1]`` for :func:`normalize`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from poster.data.transforms import normalize_levels
 from poster.meta import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -73,6 +75,12 @@ def _bmask(mask: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- V1 flip-or-noise
+def add_noise_levels(levels: torch.Tensor, noise: torch.Tensor, noise_std: float) -> torch.Tensor:
+    """Float 0..255 levels plus ``noise * noise_std``, clipped to [0, 255] and truncated to whole
+    levels: the reference's ``uint8(clip(image + N(0, std^2)))`` without leaving float."""
+    return (levels + noise * noise_std).clamp_(0.0, 255.0).floor_()
+
+
 def flip_or_noise(
     images: torch.Tensor,
     generator: torch.Generator | None = None,
@@ -96,11 +104,10 @@ def flip_or_noise(
     do_flip = apply & (u[:, 1] < 0.5)
     do_noise = apply & ~(u[:, 1] < 0.5)
     if images.dtype == torch.uint8:
-        noisy = (images.float() + noise * noise_std).clamp_(0.0, 255.0).to(torch.uint8)
+        noisy = add_noise_levels(images.float(), noise, noise_std).to(torch.uint8)
     elif images.is_floating_point():
         mv = 1.0 if max_value is None else float(max_value)
-        levels = images.float() * (255.0 / mv) + noise * noise_std
-        noisy = (levels.clamp_(0.0, 255.0).floor_() * (mv / 255.0)).to(images.dtype)
+        noisy = (add_noise_levels(images.float() * (255.0 / mv), noise, noise_std) * (mv / 255.0)).to(images.dtype)
     else:
         raise TypeError(f"flip_or_noise needs uint8 or floating images, got {images.dtype}")
     out = torch.where(_bmask(do_noise), noisy, images)
@@ -134,13 +141,9 @@ def normalize(
         if order not in ("RGB", "BGR"):
             raise ValueError(f"{name} must be 'RGB' or 'BGR', got {order!r}")
     x = images.to(dtype)
-    if images.dtype == torch.uint8:
-        x = x.div(255.0)
     if input_order != channel_order:
         x = x.flip(1)
-    m = torch.as_tensor(tuple(mean), dtype=dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(tuple(std), dtype=dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub(m).div(s)
+    return normalize_levels(x, mean, std, 255.0 if images.dtype == torch.uint8 else 1.0)
 
 
 # --------------------------------------------------------------------------- random erasing
@@ -254,17 +257,10 @@ class AugmentConfig:
 
     @classmethod
     def from_recipe(cls, recipe: Any, input_order: str = "RGB") -> "AugmentConfig":
-        """Build from a :class:`poster.train.recipes.Recipe` (duck-typed)."""
-        return cls(
-            flip_or_noise=bool(recipe.flip_or_noise),
-            hflip_p=float(recipe.hflip_p),
-            erasing_p=float(recipe.erasing_p),
-            erasing_scale=tuple(recipe.erasing_scale),
-            erasing_ratio=tuple(getattr(recipe, "erasing_ratio", (0.3, 3.3))),
-            input_order=input_order,
-            channel_order=recipe.channel_order,
-            grayscale=bool(getattr(recipe, "grayscale", False)),
-        )
+        """Build from a :class:`poster.train.recipes.Recipe` (duck-typed): every field of this
+        config that the recipe also has is taken from it, so no field is restated here."""
+        shared = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(cls) if hasattr(recipe, f.name)}
+        return cls(**shared, input_order=input_order)
 
 
 class BatchAugment:

@@ -53,13 +53,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data import load_image
+from ..data.transforms import normalize_levels, resize_square
 from ..errors import PosterError
 from ..fileio import atomic_write_text
 from ..meta import IMAGENET_MEAN, IMAGENET_STD
-from .augment import AugmentConfig, _rand, _randn, sample_erasing_boxes, to_grey3_uint8
+from .augment import AugmentConfig, _rand, _randn, add_noise_levels, sample_erasing_boxes, to_grey3_uint8
 
 log = logging.getLogger("poster.train")
 
@@ -84,8 +84,7 @@ _LOCK_POLL_S = 0.2
 def decode_phases(path: str | os.PathLike, channel_order: str, size: int = 224, phase: bool = True) -> np.ndarray:
     """One image as uint8 ``[P, 3, size/2, size/2]``: PIL bilinear resize to ``size`` (the reference
     transform), then the even phase and (``phase=True``) the odd-column phase."""
-    image = load_image(path, channel_order)
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    resized = resize_square(load_image(path, channel_order), size)
     phases = [resized[::2, ::2]] + ([resized[::2, 1::2]] if phase else [])
     return np.stack([p.transpose(2, 0, 1) for p in phases])
 
@@ -356,18 +355,10 @@ def erase_mask_112(top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: to
     return (rows.unsqueeze(2) & cols.unsqueeze(1)).unsqueeze(1)
 
 
-def _mean_std(config: AugmentConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    m = torch.as_tensor(tuple(config.mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(tuple(config.std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return m, s
-
-
 def normalize_cached(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 (or whole-level float) batch -> float32 ``(x / 255 - mean) / std``, the eval transform's
     arithmetic in its order (so results are bit-identical to ``EvalTransform``)."""
-    m = torch.as_tensor(tuple(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(tuple(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return x.to(torch.float32).div(255).sub(m).div(s)
+    return normalize_levels(x.to(torch.float32), mean, std)
 
 
 class _Source:
@@ -413,11 +404,10 @@ def augment_cached(data: torch.Tensor | np.ndarray, indices: torch.Tensor | Sequ
     b = int(idx.numel())
     grid = int(data.shape[-1])
     phases = int(data.shape[1])
-    mean, std = _mean_std(config, device)
     if not train:
         x = source.gather(idx, None)
         x = to_grey3_uint8(x, config.channel_order) if config.grayscale else x
-        return x.to(torch.float32).div(255).sub(mean).div(std)
+        return normalize_levels(x.to(torch.float32), config.mean, config.std)
 
     fon_flip = torch.zeros(b, dtype=torch.bool, device=device)
     do_noise = torch.zeros(b, dtype=torch.bool, device=device)
@@ -441,9 +431,9 @@ def augment_cached(data: torch.Tensor | np.ndarray, indices: torch.Tensor | Sequ
         x = to_grey3_uint8(x, config.channel_order)
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x).to(torch.float32)
     if noise is not None:
-        noisy = (x + noise * config.noise_std).clamp_(0.0, 255.0).floor_()  # == the uint8 cast
+        noisy = add_noise_levels(x, noise, config.noise_std)
         x = torch.where(do_noise.view(-1, 1, 1, 1), noisy, x)
-    x = x.div(255).sub(mean).div(std)
+    x = normalize_levels(x, config.mean, config.std)
     if boxes is not None:
         top, left, h, w, _ = boxes
         x = x.masked_fill(erase_mask_112(top, left, h, w, grid), float(config.erasing_value))

@@ -11,10 +11,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..data import load_image
+from ..data.transforms import resize_square
 
 
 class UInt8ImageDataset(Dataset):
@@ -32,7 +32,7 @@ class UInt8ImageDataset(Dataset):
         path, label = self.records[index]
         image = load_image(path, self.channel_order)
         if image.shape[0] != self.size or image.shape[1] != self.size:
-            image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
+            image = resize_square(image, self.size)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), label
 
 

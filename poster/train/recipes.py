@@ -34,6 +34,9 @@ Our own defaults (no reference run exists):
   plain Adam (``sam_rho=0``: SAM's second pass would double the CPU time), lr 5e-4 decaying 0.7 per
   epoch, batch 64, 6 epochs, CE + 2 LSCE; meant for ``--precision bf16 --cache memory`` on a CPU.
 
+Worker counts and validation batch sizes above are the recipes' suggested run options
+(``run_defaults``), not recipe fields: ``TrainOptions.workers`` / ``eval_batch_size`` set them.
+
 The FER2013/FERPlus recipes set ``grayscale``: the weights record that they were trained on grey
 faces, and prediction turns colour faces grey before the transform.
 """
@@ -51,7 +54,8 @@ from typing import Any, Iterable, Mapping
 from poster.errors import RecipeError
 from poster.meta import InputConfig
 
-__all__ = ["Recipe", "RecipeError", "RECIPES", "get_recipe", "list_recipes", "parse_overrides"]
+__all__ = ["Recipe", "RecipeError", "RECIPES", "RunDefaults", "get_recipe", "list_recipes", "parse_overrides",
+           "run_defaults"]
 
 _CHOICES = {
     "optimizer": ("adam",),
@@ -88,8 +92,6 @@ class Recipe:
     channel_order: str = "RGB"
     input_size: int = 224
     grayscale: bool = False  # recorded with the weights: predict turns colour faces grey (grey datasets)
-    val_batch_size: int = 32
-    workers: int = 4
     seed: int = 123
 
     def __post_init__(self) -> None:
@@ -100,12 +102,10 @@ class Recipe:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be one of {choices}, got {getattr(self, name)!r}")
-        positive = ("epochs", "batch_size", "val_batch_size", "input_size")
+        positive = ("epochs", "batch_size", "input_size")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be > 0, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise RecipeError(f"recipe {self.name!r}: workers must be >= 0")
         if not self.lr > 0 or not self.lr_gamma > 0 or self.sam_rho < 0 or self.weight_decay < 0 or self.eps < 0:
             raise RecipeError(f"recipe {self.name!r}: lr, lr_gamma must be > 0; sam_rho, weight_decay, eps >= 0")
         for name in ("hflip_p", "erasing_p"):
@@ -135,6 +135,8 @@ class Recipe:
                     raise RecipeError("empty arch option name in override 'arch_options.'")
                 options[opt] = _parse_literal(value) if isinstance(value, str) else value
                 continue
+            if key in RUN_KNOBS:
+                raise RecipeError(f"{key} is a run option, not a recipe field: set TrainOptions.{RUN_KNOBS[key]}")
             if key not in names:
                 raise RecipeError(f"unknown recipe field {key!r}; fields: {', '.join(sorted(names))}")
             if key == "arch_options":
@@ -166,6 +168,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RUN_KNOBS}  # recipes saved before the knobs moved out
         unknown = set(d) - names
         if unknown:
             raise RecipeError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
@@ -292,7 +295,7 @@ def _v1(name: str, dataset: str, **kw: Any) -> Recipe:
     base: dict[str, Any] = dict(
         arch="poster_v1_large", epochs=300, batch_size=200, lr=4e-5, lr_gamma=0.98, loss="ce+2lsce",
         flip_or_noise=True, hflip_p=0.5, erasing_p=0.5, erasing_scale=(0.02, 0.1), sampler="shuffle",
-        channel_order="RGB", val_batch_size=32, workers=2, seed=123,
+        channel_order="RGB", seed=123,
     )
     base.update(kw)
     return Recipe(name=name, dataset=dataset, **base)
@@ -302,14 +305,14 @@ def _v2(name: str, dataset: str, **kw: Any) -> Recipe:
     base: dict[str, Any] = dict(
         arch="poster_v2", epochs=200, batch_size=144, lr=3.5e-5, lr_gamma=0.98, loss="ce",
         flip_or_noise=False, hflip_p=0.5, erasing_p=0.5, erasing_scale=(0.02, 0.1), sampler="shuffle",
-        channel_order="RGB", val_batch_size=144, workers=4, seed=123,
+        channel_order="RGB", seed=123,
     )
     base.update(kw)
     return Recipe(name=name, dataset=dataset, **base)
 
 
 def _own(name: str, dataset: str, **kw: Any) -> Recipe:
-    base: dict[str, Any] = dict(epochs=40, batch_size=64, lr=3.5e-5, val_batch_size=128)
+    base: dict[str, Any] = dict(epochs=40, batch_size=64, lr=3.5e-5)
     base.update(kw)
     return _v2(name, dataset, **base)
 
@@ -329,16 +332,43 @@ RECIPES: dict[str, Recipe] = {
         _own("folder", "folder"),
         _own(
             "fer2013_small", "fer2013", arch="poster_v1_tiny", arch_options={"token_mixing": False},
-            loss="ce+2lsce", lr=3e-4, lr_gamma=0.95, epochs=10, batch_size=32, val_batch_size=64, workers=0,
-            grayscale=True,
+            loss="ce+2lsce", lr=3e-4, lr_gamma=0.95, epochs=10, batch_size=32, grayscale=True,
         ),
         _own(
             "fer2013_default", "fer2013", arch="poster_v1_tiny", arch_options={"token_mixing": False},
-            loss="ce+2lsce", lr=5e-4, lr_gamma=0.7, epochs=6, batch_size=64, val_batch_size=128, workers=0,
-            sam_rho=0.0, grayscale=True,
+            loss="ce+2lsce", lr=5e-4, lr_gamma=0.7, epochs=6, batch_size=64, sam_rho=0.0,
+            grayscale=True,
         ),
     )
 }
+
+
+# ---------------------------------------------------------------------- run defaults
+# Loader settings are run options (``TrainOptions.workers`` / ``eval_batch_size``), not
+# hyper-parameters: they change speed, not the trained weights.  A recipe suggests them (the
+# original scripts' values for the published recipes); the run's options override them.
+RUN_KNOBS = {"workers": "workers", "val_batch_size": "eval_batch_size"}  # old recipe field -> TrainOptions
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    workers: int = 4
+    eval_batch_size: int = 32
+
+
+_V1_RUN, _V2_RUN, _OWN_RUN = RunDefaults(2, 32), RunDefaults(4, 144), RunDefaults(4, 128)
+RUN_DEFAULTS: dict[str, RunDefaults] = {
+    **{name: _V1_RUN for name in ("v1_rafdb", "v1_affectnet7", "v1_affectnet8")},
+    **{name: _V2_RUN for name in ("v2_rafdb", "v2_affectnet7", "v2_affectnet8", "v2_caers")},
+    **{name: _OWN_RUN for name in ("fer2013", "ferplus", "folder")},
+    "fer2013_small": RunDefaults(0, 64),
+    "fer2013_default": RunDefaults(0, 128),
+}
+
+
+def run_defaults(name: str) -> RunDefaults:
+    """The loader settings recipe ``name`` suggests (``RunDefaults()`` for a name not registered)."""
+    return RUN_DEFAULTS.get(name, RunDefaults())
 
 
 def list_recipes() -> list[str]:

@@ -36,8 +36,9 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 import torch
+from torch import nn
 
-__all__ = ["SAM"]
+__all__ = ["SAM", "sam_train_step"]
 
 _SAM_STATE_KEYS = ("old_p", "e_w")  # per-parameter keys the original implementation stored
 
@@ -189,3 +190,32 @@ class SAM(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"SAM(rho={self.defaults['rho']}, adaptive={self.defaults['adaptive']}, base={self.base_optimizer!r})"
+
+
+def sam_train_step(model: nn.Module, optimizer: SAM, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM (SPEC 6.1): loss and gradients at w, move to w + e, loss and gradients there on the SAME
+    batch, restore w and take the base-optimizer step with the second gradients.
+
+    Under DistributedDataParallel both backward passes all-reduce, so every rank perturbs by the
+    global gradient: the step equals the single-process step on the whole batch.  With
+    ``rho == 0`` the perturbation is zero and the second pass would repeat the first, so a plain
+    base-optimizer step is taken (half the cost, the same result).
+    """
+    device_type = x.device.type
+
+    def forward_loss() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        return loss_fn(logits.float(), y), logits
+
+    loss, logits = forward_loss()
+    loss.backward()
+    if optimizer.param_groups[0].get("rho", 0.0) == 0:
+        optimizer.base_step(zero_grad=True)
+        return loss.detach(), logits.detach()
+    optimizer.first_step(zero_grad=True)
+    loss2, _ = forward_loss()
+    loss2.backward()
+    optimizer.second_step(zero_grad=True)
+    return loss.detach(), logits.detach()
