@@ -46,11 +46,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference
+from .inference.accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference
 from .data import load_image
 from .data.transforms import to_normalized_tensor
 from .errors import PosterError
-from .evaluate import resolve_device
+from .device import resolve_device
 from .fileio import atomic_write_text
 from .meta import InputConfig, ModelMeta
 from .models import create_model
@@ -62,7 +62,7 @@ from .train.recipes import Recipe, get_recipe
 from .train.sam import SAM
 from .train.trainer import sam_train_step
 
-log = logging.getLogger("poster.benchmark")
+log = logging.getLogger(__name__)
 
 __all__ = ["BenchmarkOptions", "run_benchmark", "format_report", "ReferenceTrainDataset", "recipe_for"]
 
@@ -437,7 +437,7 @@ def _inference(model: nn.Module, plan: _Plan, o: BenchmarkOptions, mem: _Memory)
     fast_out: dict[str, Any] = {"inference_images_per_s": {}, "inference_images_per_s_best": {}}
     extra: dict[str, Any] = {}
     start = time.perf_counter()
-    fast = prepare_inference(model, device, dtype="bf16" if plan.bf16 else "fp32",
+    fast = prepare_inference(model, device, precision="bf16" if plan.bf16 else "fp32",
                              channels_last=plan.channels_last, compile=o.compile, fold_bn=True,
                              warmup_batch_sizes=plan.batch_sizes)
     fast_out["prepare_seconds"] = time.perf_counter() - start
@@ -510,8 +510,8 @@ def _cpu_batch1(model: nn.Module, plan: _Plan, o: BenchmarkOptions, tmp: Path) -
         out[name + "_max_abs_diff"] = (fast(x) - ref_logits).abs().max().item()
     if o.onnx:
         try:
-            from .export import export_onnx
-            from .runtime import OnnxBackend
+            from .inference.export import export_onnx
+            from .inference.runtime import OnnxBackend
 
             n = int(getattr(model, "num_classes", 7))
             meta = ModelMeta(arch=o.model, num_classes=n, class_names=tuple(f"class_{i}" for i in range(n)),

@@ -58,10 +58,10 @@ from PIL import Image
 from ..data import load_image
 from ..errors import PosterError
 from ..fileio import atomic_write_text
-from ..meta import IMAGENET_MEAN, IMAGENET_STD
+from ..meta import IMAGENET_MEAN, IMAGENET_STD, check_channel_order
 from .augment import AugmentConfig, _rand, _randn, sample_erasing_boxes, to_grey3_uint8
 
-log = logging.getLogger("poster.train")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CACHE_VERSION",
@@ -238,8 +238,7 @@ def build_uint8_cache(records: Sequence[tuple[str, int]], channel_order: str, si
         workers: decoding threads (default ``min(8, cpu count)``).
         wait_timeout: seconds to wait for another process building the same file.
     """
-    if channel_order not in ("RGB", "BGR"):
-        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    check_channel_order(channel_order)
     if size <= 0 or size % 2:
         raise ValueError(f"size must be a positive even number, got {size}")
     records = [(os.fspath(p), int(label)) for p, label in records]

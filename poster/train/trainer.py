@@ -26,10 +26,11 @@ from ..checkpoint.loading import load_backbone_weights, load_state_dict_checked
 from ..data import EvalTransform, build_dataset
 from ..data.datasets import check_images
 from ..errors import PosterError
-from ..evaluate import predict_logits, resolve_device
+from ..device import resolve_device
+from ..evaluation.evaluate import predict_logits
 from ..fileio import atomic_write_text, remove_stale_temporaries
 from ..meta import ModelMeta
-from ..metrics import classification_report
+from ..evaluation.metrics import classification_report
 from ..models import create_model
 from .augment import AugmentConfig, BatchAugment
 from .data import EpochSampler, UInt8ImageDataset, balanced_weights, stratified_split
@@ -39,7 +40,7 @@ from . import runfiles
 from .recipes import Recipe
 from .sam import SAM
 
-log = logging.getLogger("poster.train")
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(PosterError):
@@ -508,7 +509,7 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
-        from ..plots import plot_training_curves
+        from ..evaluation.plots import plot_training_curves
 
         plot_training_curves(self.history, self.out / "curves.png", title=self.recipe.name)
 
@@ -525,7 +526,7 @@ class Trainer:
         if not self.dist.is_main:
             return {}
         from ..data import abbreviate
-        from ..plots import plot_confusion_matrix
+        from ..evaluation.plots import plot_confusion_matrix
 
         best = runfiles.check_best(self.out, self.best["epoch"])
         load_state_dict_checked(self.model, best.state_dict, str(self.out / runfiles.BEST))
