@@ -11,7 +11,7 @@ Both paths use the same model (same initial weights) and the same SAM(Adam) step
 * **fast**: the uint8 112x112 cache (``poster.train.cache``) built once, batched on-device
   augmentation, bf16 autocast (CUDA, and CPUs with bf16 instructions such as AMX; fp32 on other
   CPUs), channels-last (whenever bf16 is on), fused Adam (CUDA), optional ``torch.compile``; inference through
-  ``poster.accelerate.prepare_inference`` (BN folded) and, on CUDA, a CUDA graph at batch 1.
+  ``poster.inference.accelerate.prepare_inference`` (BN folded) and, on CUDA, a CUDA graph at batch 1.
 
 Measured: SAM training images/s end to end (data included, after warm-up steps), the input
 pipeline alone (images/s), inference images/s at several batch sizes (device-resident inputs),

@@ -25,7 +25,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -198,7 +198,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
 
     The graph has input ``input`` [N,3,S,S] float32 and output ``logits`` [N,C]; the metadata is
     ``metadata_props['poster.meta']`` (``ModelMeta.to_dict()`` as JSON), read back by
-    ``read_onnx_meta`` / ``poster.runtime.OnnxBackend``.
+    ``read_onnx_meta`` / ``poster.inference.runtime.OnnxBackend``.
     """
     onnx = _require_onnx()
     if exporter not in EXPORTERS:
@@ -272,7 +272,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
     """Trace ``model`` with ``torch.jit.trace`` and save it atomically, metadata in the extra files.
 
     The traced module takes [N,3,S,S] float32 (any N) and returns logits [N,C]; it runs without
-    this package (``torch.jit.load``).  ``poster.runtime.TorchScriptBackend`` reads the metadata back.
+    this package (``torch.jit.load``).  ``poster.inference.runtime.TorchScriptBackend`` reads the metadata back.
     """
     _check_fp32(model)
     meta, size = _export_meta(model, meta, input_size)

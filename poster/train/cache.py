@@ -58,7 +58,7 @@ from PIL import Image
 from ..data import load_image
 from ..errors import PosterError
 from ..fileio import atomic_write_text
-from ..meta import IMAGENET_MEAN, IMAGENET_STD, check_channel_order
+from ..meta import check_channel_order
 from .augment import AugmentConfig, _rand, _randn, sample_erasing_boxes, to_grey3_uint8
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ __all__ = [
     "decode_phases",
     "erase_mask_112",
     "augment_cached",
-    "normalize_cached",
     "CachedBatches",
 ]
 
@@ -359,14 +358,6 @@ def _mean_std(config: AugmentConfig, device: torch.device) -> tuple[torch.Tensor
     m = torch.as_tensor(tuple(config.mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     s = torch.as_tensor(tuple(config.std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return m, s
-
-
-def normalize_cached(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """uint8 (or whole-level float) batch -> float32 ``(x / 255 - mean) / std``, the eval transform's
-    arithmetic in its order (so results are bit-identical to ``EvalTransform``)."""
-    m = torch.as_tensor(tuple(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(tuple(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return x.to(torch.float32).div(255).sub(m).div(s)
 
 
 class _Source:

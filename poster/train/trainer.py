@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ..evaluation.metrics import classification_report
 from ..models import create_model
 from .augment import AugmentConfig, BatchAugment
 from .data import EpochSampler, UInt8ImageDataset, balanced_weights, stratified_split
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .losses import build_loss
 from . import runfiles
 from .recipes import Recipe
@@ -100,7 +100,6 @@ class EpochStats:
     test_acc: float | None = None
     test_loss: float | None = None
     best: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _subset(records: list, targets: list[int], limit: int | None, seed: int) -> tuple[list, list[int]]:
@@ -491,7 +490,7 @@ class Trainer:
                 if is_best:
                     self.best = {"metric": metric, "epoch": stats.epoch}
                 stats.best = is_best
-                self.history.append({k: v for k, v in asdict(stats).items() if k != "extra"})
+                self.history.append(asdict(stats))
                 self._save(epoch + 1, is_best)
                 self._write_metrics()
                 self._print_epoch(stats)
