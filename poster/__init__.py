@@ -5,8 +5,13 @@ Entry points::
     model = poster.create_model("poster_v1_large", num_classes=7)     # fresh network
     model = poster.load_model("rafdb_best.pth", device="cuda")         # ready, in eval mode
     model.meta.class_names, model.meta.input.channel_order             # how to use it
+    rec = poster.Recognizer.from_checkpoint("rafdb_best.pth")          # faces in the wild
+
+The public names are loaded on first use (PEP 562): ``import poster`` and ``import poster.models``
+load neither OpenCV nor the face stack; ``poster.Recognizer`` does.
 """
 
+import importlib as _importlib
 import os as _os
 
 # CPU runs: idle OpenMP threads sleep instead of spinning.  PyTorch's spinning threads stall badly
@@ -15,17 +20,38 @@ import os as _os
 # setting wins, and a program that imported torch first keeps its own policy.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .checkpoint.formats import export_official, read_weight_file, save_checkpoint
-from .checkpoint.loading import load_backbone_weights, load_model
-from .errors import CheckpointError, DatasetError, PosterError
-from .meta import InputConfig, ModelMeta
-from .models import create_model, list_models
-from .predict import FaceResult, ImageResult, Recognizer
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "create_model", "list_models", "load_model", "load_backbone_weights", "save_checkpoint",
-    "export_official", "read_weight_file", "InputConfig", "ModelMeta", "PosterError",
-    "CheckpointError", "DatasetError", "Recognizer", "FaceResult", "ImageResult", "__version__",
-]
+# public name -> module (relative to this package) that defines it
+_EXPORTS = {
+    "create_model": ".models", "list_models": ".models",
+    "load_model": ".checkpoint.loading", "load_backbone_weights": ".checkpoint.loading",
+    "save_checkpoint": ".checkpoint.formats", "export_official": ".checkpoint.formats",
+    "read_weight_file": ".checkpoint.formats",
+    "InputConfig": ".meta", "ModelMeta": ".meta",
+    "PosterError": ".errors", "CheckpointError": ".errors", "DatasetError": ".errors",
+    "Recognizer": ".inference.recognizer",
+    "FaceResult": ".inference.results", "ImageResult": ".inference.results",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+# subpackages reachable as attributes (poster.inference.runtime ...) without importing them up front
+_SUBPACKAGES = {"checkpoint", "data", "evaluation", "face", "inference", "models", "serve", "train", "hub",
+                "pretrained", "errors", "meta", "fileio"}
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return _importlib.import_module(f".{name}", __name__)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poster' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -12,7 +12,7 @@ a temporary folder.
 * **fast**: the uint8 112x112 cache (``poster.train.cache``) built once, batched on-device
   augmentation, bf16 autocast (CUDA, and CPUs with bf16 instructions such as AMX; fp32 on other
   CPUs), channels-last (whenever bf16 is on), fused Adam (CUDA), optional ``torch.compile``; inference through
-  ``poster.accelerate.prepare_inference`` (BN folded) and, on CUDA, a CUDA graph at batch 1.
+  ``poster.inference.accelerate.prepare_inference`` (BN folded) and, on CUDA, a CUDA graph at batch 1.
 
 Measured: SAM training images/s end to end (data included, after warm-up steps), the input
 pipeline alone (images/s), inference images/s at several batch sizes (device-resident inputs),
@@ -44,9 +44,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference, synchronize
+from .inference.accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference, synchronize
 from .errors import PosterError
-from .evaluate import resolve_device
+from .device import resolve_device
 from .fileio import atomic_write_text
 from .meta import InputConfig, ModelMeta
 from .models import create_model
@@ -59,7 +59,7 @@ from .train.recipes import Recipe, get_recipe
 from .train.sam import sam_train_step
 from .train.state import build_optimizer
 
-log = logging.getLogger("poster.benchmark")
+log = logging.getLogger(__name__)
 
 __all__ = ["BenchmarkOptions", "run_benchmark", "format_report", "recipe_for"]
 
@@ -368,7 +368,7 @@ def _inference(model: nn.Module, plan: _Plan, o: BenchmarkOptions, mem: _Memory)
     fast_out: dict[str, Any] = {"inference_images_per_s": {}, "inference_images_per_s_best": {}}
     extra: dict[str, Any] = {}
     start = time.perf_counter()
-    fast = prepare_inference(model, device, dtype="bf16" if plan.bf16 else "fp32",
+    fast = prepare_inference(model, device, precision="bf16" if plan.bf16 else "fp32",
                              channels_last=plan.channels_last, compile=o.compile, fold_bn=True,
                              warmup_batch_sizes=plan.batch_sizes)
     fast_out["prepare_seconds"] = time.perf_counter() - start
@@ -441,8 +441,8 @@ def _cpu_batch1(model: nn.Module, plan: _Plan, o: BenchmarkOptions, tmp: Path) -
         out[name + "_max_abs_diff"] = (fast(x) - ref_logits).abs().max().item()
     if o.onnx:
         try:
-            from .export import export_onnx
-            from .runtime import OnnxBackend
+            from .inference.export import export_onnx
+            from .inference.runtime import OnnxBackend
 
             n = int(getattr(model, "num_classes", 7))
             meta = ModelMeta(arch=o.model, num_classes=n, class_names=tuple(f"class_{i}" for i in range(n)),

@@ -47,34 +47,19 @@ def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import models, test
+    from .commands import benchmark, export, models, predict, serve, test, train, weights
 
     parser = _Parser(prog="poster", description="POSTER / POSTER V2 facial expression recognition")
     parser.add_argument("--version", action="version", version=f"poster-fer {__version__}")
     _add_verbose(parser, False)
     parser.add_argument("--offline", action="store_true", help="no network: never fetch weights (= POSTER_OFFLINE=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (test, models):
+    for module in (test, models, train, predict, export, benchmark, weights, serve):
         module.add_parser(sub)
-    for name in ("train", "predict", "export", "benchmark", "weights", "serve"):
-        _maybe_add(sub, name)
     for command in {id(p): p for p in sub.choices.values()}.values():
         if "--verbose" not in command._option_string_actions:  # -v after the command works too
             _add_verbose(command, argparse.SUPPRESS)
     return parser
-
-
-def _maybe_add(sub, name: str) -> None:
-    """Commands whose module exists in this version are added; others are simply absent."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f".commands.{name}", __package__)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith(f"commands.{name}"):
-            return
-        raise
-    module.add_parser(sub)
 
 
 def _user_message(error: BaseException) -> str:

@@ -8,10 +8,16 @@ and ``ModelMeta`` record exactly that, and are stored inside our checkpoints.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from .errors import PosterError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,6 +28,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024
 MAX_CLASSES = 1000
 MAX_NAME_LENGTH = 64
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def check_channel_order(value: Any, name: str = "channel_order") -> str:
+    """``value`` when it is "RGB" or "BGR"; else a ``ValueError`` naming the parameter ``name``.
+    The one check of a colour order, wherever one is given (metadata, transforms, arrays, caches)."""
+    if value not in CHANNEL_ORDERS:
+        raise ValueError(f"{name} must be 'RGB' or 'BGR', got {value!r}")
+    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -52,8 +67,7 @@ class InputConfig:
     grayscale: bool = False
 
     def __post_init__(self) -> None:
-        if self.channel_order not in ("RGB", "BGR"):
-            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        check_channel_order(self.channel_order)
         if not _is_int(self.input_size) or not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE:
             raise ValueError(f"input_size must be an int from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, "
                              f"got {self.input_size!r}")
@@ -119,6 +133,11 @@ class ModelMeta:
         d["input"]["std"] = list(self.input.std)
         return d
 
+    def with_input(self, **changes: Any) -> "ModelMeta":
+        """A copy whose input config has ``changes`` (e.g. ``grayscale=True``, ``channel_order="BGR"``);
+        the one way metadata is amended (validated like a new one)."""
+        return replace(self, input=replace(self.input, **changes))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
         """Rebuild from ``to_dict()`` output; any malformed entry is a ``ValueError`` saying which."""
@@ -139,3 +158,42 @@ class ModelMeta:
             )
         except (TypeError, OverflowError, RecursionError) as e:
             raise ValueError(f"malformed model metadata: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata inside exported files (ONNX metadata_props, TorchScript extra files): written by
+# poster.inference.export, read back by poster.inference.runtime.
+
+META_KEY = "poster.meta"  # ModelMeta.to_dict() as JSON, in ONNX metadata_props / TorchScript extra files
+TORCHSCRIPT_META_FILE = "poster_meta.json"
+_MAX_META_CHARS = 1 << 20  # a real one is under 2 KB
+
+
+def model_meta(model: Any, meta: ModelMeta | None = None) -> ModelMeta:
+    """``meta``, else ``model.meta``, else a generic description (class_0.., RGB, 224) with a warning."""
+    if meta is not None:
+        return meta
+    found = getattr(model, "meta", None)
+    if isinstance(found, ModelMeta):
+        return found
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise PosterError(f"{type(model).__name__} has no .meta and no .num_classes: pass meta=ModelMeta(...)")
+    log.warning("the model has no .meta: the export records generic class names (class_0, ...) and "
+                "RGB / ImageNet normalisation at 224 px")
+    return ModelMeta(arch=type(model).__name__, num_classes=int(num_classes),
+                     class_names=tuple(f"class_{i}" for i in range(int(num_classes))), input=InputConfig())
+
+
+def meta_from_props(props: dict[str, str], where: str = "") -> ModelMeta:
+    """``ModelMeta`` from ONNX metadata properties (``{key: value}``)."""
+    text = props.get(META_KEY)
+    if text is None:
+        raise PosterError(f"{where}: no '{META_KEY}' metadata: this ONNX file was not written by poster export "
+                          "(class names and preprocessing are unknown)")
+    if len(text) > _MAX_META_CHARS:
+        raise PosterError(f"{where}: '{META_KEY}' metadata of {len(text)} characters is not plausible")
+    try:
+        return ModelMeta.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
+        raise PosterError(f"{where}: malformed '{META_KEY}' metadata: {str(e)[:300]}") from None

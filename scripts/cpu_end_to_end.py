@@ -65,8 +65,8 @@ def main() -> None:
 
     import torch
 
-    from poster.accelerate import cpu_has_native_bf16
-    from poster.predict import default_checkpoint
+    from poster.inference.accelerate import cpu_has_native_bf16
+    from poster.inference.recognizer import default_checkpoint
 
     checkpoint = args.checkpoint or default_checkpoint()
     work = Path(tempfile.mkdtemp(prefix="poster-e2e-"))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from poster.accelerate import (
+from poster.inference.accelerate import (
     CudaGraphRunner,
     conv_bn_pairs,
     cuda_graphs_available,
@@ -115,7 +115,7 @@ def test_v1_token_reshape_sees_nchw_order_with_channels_last(tiny):
 
 def test_bf16_autocast_tiny(tiny):
     model, x, ref = tiny
-    fast = prepare_inference(model, "cpu", dtype="bf16")
+    fast = prepare_inference(model, "cpu", precision="bf16")
     out = fast(x)
     assert out.dtype == torch.float32
     tol = golden_tol(ref, BF16_RTOL)
@@ -129,7 +129,7 @@ def test_bf16_weights_cast_once_equal_per_call_autocast(tiny):
     """The bf16 path stores conv/linear weights in bf16 ahead of time; autocast would have cast them
     to exactly those values on every call, so the output is bit-identical to plain autocast."""
     model, x, _ = tiny
-    fast = prepare_inference(model, "cpu", dtype="bf16", channels_last=True)
+    fast = prepare_inference(model, "cpu", precision="bf16", channels_last=True)
     weights = {type(m).__name__: m.weight.dtype for m in fast.model.modules() if hasattr(m, "weight")}
     assert weights["Conv2d"] == weights["Linear"] == torch.bfloat16 and weights["LayerNorm"] == torch.float32
     folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
@@ -151,11 +151,11 @@ def test_compiled_path_matches_eager_on_a_small_network():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         ref = net(x)
-    fast = prepare_inference(net, "cpu", dtype="fp32", channels_last=False, compile=True,
+    fast = prepare_inference(net, "cpu", precision="fp32", channels_last=False, compile=True,
                              warmup_batch_sizes=(2,), input_size=16)
     assert fast.compiled and fast.compile_seconds > 0
     assert (fast(x) - ref).abs().max() <= golden_tol(ref)
-    fast16 = prepare_inference(net, "cpu", dtype="bf16", channels_last=True, compile=True,
+    fast16 = prepare_inference(net, "cpu", precision="bf16", channels_last=True, compile=True,
                                warmup_batch_sizes=(2,), input_size=16)
     assert (fast16(x) - ref).abs().max() <= golden_tol(ref, BF16_RTOL)
 
@@ -173,9 +173,9 @@ def test_fold_and_channels_last_full_models(name):
     assert (out - ref).abs().max() <= golden_tol(ref)
 
 
-def test_prepare_inference_rejects_unknown_dtype(tiny):
+def test_prepare_inference_rejects_unknown_precision(tiny):
     with pytest.raises(ValueError):
-        prepare_inference(tiny[0], "cpu", dtype="fp16")
+        prepare_inference(tiny[0], "cpu", precision="fp16")
 
 
 def test_cuda_graph_runner_needs_cuda(tiny):

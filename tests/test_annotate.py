@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from poster.data import FER2013_CLASSES
-from poster.predict import FaceResult, ImageResult, annotate
+from poster.inference.drawing import annotate
+from poster.inference.results import FaceResult, ImageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT_BOX = (178.0, 62.6, 90.5, 113.6)  # YuNet's box of the face in examples/astronaut.jpg

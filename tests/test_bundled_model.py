@@ -15,6 +15,7 @@ import torch
 
 import poster
 from poster.cli import main
+from poster.inference.recognizer import default_checkpoint
 from poster.data import FER2013_CLASSES
 from poster.pretrained import BUNDLED_MODEL, BUNDLED_RELEASE
 
@@ -33,7 +34,7 @@ def test_bundled_model_is_small_and_self_describing():
     stored = torch.load(BUNDLED_MODEL, weights_only=True)
     assert {v.dtype for v in stored["state_dict"].values() if v.is_floating_point()} == {torch.float16}
     assert stored["provenance"]["recipe"]["arch"] == "poster_v1_tiny" and stored["provenance"]["history"]
-    assert poster.predict.default_checkpoint() == str(BUNDLED_MODEL)
+    assert default_checkpoint() == str(BUNDLED_MODEL)
 
 
 def test_first_readme_command_works_offline(tmp_path, capsys):

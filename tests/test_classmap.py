@@ -16,7 +16,7 @@ from poster.cli import main
 from poster.data import FER2013_CLASSES, RAFDB_CLASSES, EvalTransform, load_image
 from poster.data.classmap import EXCLUDED, canonical_class_name, map_classes, parse_class_map
 from poster.errors import DatasetError, flag_wording
-from poster.predict import default_checkpoint
+from poster.inference.recognizer import default_checkpoint
 
 CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
 

@@ -157,10 +157,10 @@ def test_unreadable_image_is_named(rafdb_root, v1_checkpoint, tmp_path, capsys):
 def test_fast_path_default_matches_eager_fp32(fer2013_dir, tmp_path, capsys):
     """`poster test` runs the fp32 fast path (BN folded, channels-last) by default: its logits are
     within the golden tolerance of the model as written, so published numbers reproduce."""
-    from poster.accelerate import prepare_inference
+    from poster.inference.accelerate import prepare_inference
     from poster.data import EvalTransform, build_dataset
-    from poster.evaluate import evaluate
-    from poster.predict import default_checkpoint
+    from poster.evaluation.evaluate import evaluate
+    from poster.inference.recognizer import default_checkpoint
 
     model = poster.load_model(default_checkpoint())
     dataset = build_dataset("fer2013", fer2013_dir, "val", transform=EvalTransform(model.meta.input))

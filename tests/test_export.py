@@ -17,10 +17,10 @@ from poster.meta import InputConfig, ModelMeta
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from poster import export as export_mod  # noqa: E402
-from poster.export import (META_KEY, export_onnx, export_torchscript, read_onnx_meta, verify_onnx,  # noqa: E402
+from poster.inference import export as export_mod  # noqa: E402
+from poster.inference.export import (META_KEY, export_onnx, export_torchscript, read_onnx_meta, verify_onnx,  # noqa: E402
                            verify_torchscript)
-from poster.runtime import OnnxBackend, TorchScriptBackend, detect_runtime, load_backend  # noqa: E402
+from poster.inference.runtime import OnnxBackend, TorchScriptBackend, detect_runtime, load_backend  # noqa: E402
 
 CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 META = ModelMeta(arch="poster_v1_tiny", num_classes=7, class_names=CLASSES,
@@ -175,10 +175,10 @@ def test_load_backend_torch_and_onnx_agree(tiny, tiny_onnx, tiny_checkpoint):
 
 
 def test_recognizer_runs_on_the_onnx_backend(tiny, tiny_onnx):
-    from poster.predict import Recognizer
+    from poster.inference.recognizer import Recognizer
 
     backend = OnnxBackend(tiny_onnx)
-    recognizer = Recognizer(None, backend=backend, meta=backend.meta, detector=None, prefetch=False)
+    recognizer = Recognizer(backend, backend.meta, detector=None, prefetch=False)
     assert recognizer.class_names == CLASSES
     x = _inputs(2, seed=9)
     probs = recognizer.probabilities(x)

@@ -118,7 +118,7 @@ def test_torchscript_checkpoint_never_runs_by_default(torchscript_payload, tmp_p
 
 
 def test_auto_runtime_never_picks_torchscript(torchscript_payload):
-    from poster.runtime import detect_runtime, load_backend
+    from poster.inference.runtime import detect_runtime, load_backend
 
     assert detect_runtime(torchscript_payload) == "torch"
     with pytest.raises(CheckpointError, match="TorchScript"):
@@ -368,7 +368,7 @@ def _meta_text(**changes) -> str:
 
 def test_onnx_metadata_hostile(tmp_path):
     pytest.importorskip("onnxruntime")
-    from poster.runtime import OnnxBackend
+    from poster.inference.runtime import OnnxBackend
 
     deep = '{"arch": ' + "[" * 100_000 + "]" * 100_000 + "}"
     for name, text, words in (("deep", deep, "malformed"),
@@ -383,7 +383,7 @@ def test_onnx_metadata_hostile(tmp_path):
 
 def test_onnx_external_data_refused_unless_allowed(tmp_path):
     pytest.importorskip("onnxruntime")
-    from poster.runtime import OnnxBackend
+    from poster.inference.runtime import OnnxBackend
 
     path = _tiny_onnx(tmp_path / "ext.onnx", _meta_text(), external=True)
     assert (tmp_path / "weights.bin").is_file()

@@ -12,7 +12,7 @@ import pytest
 
 from poster.cli import main
 from poster.data import IMAGE_EXTENSIONS, build_dataset, load_image
-from poster.predict import default_checkpoint
+from poster.inference.recognizer import default_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import poster
-from poster.video import FrameReader
+from poster.inference.video import FrameReader
 
 
 def _rss_mb() -> float:
@@ -61,7 +61,7 @@ def test_predict_many_over_10000_images_runs_in_flat_memory(tmp_path):
         path = folder / f"{i:05d}.png"
         cv2.imwrite(str(path), rng.integers(0, 255, (32, 32), dtype=np.uint8))
         paths.append(path)
-    rec = poster.Recognizer(_pooled_classifier(), detector="none", batch_size=64)
+    rec = poster.Recognizer.from_checkpoint(_pooled_classifier(), detector="none", batch_size=64)
     rss, times, count = {}, {}, 0
     for result in rec.predict_many(str(p) for p in paths):
         assert result.error is None and len(result.faces) == 1
@@ -90,7 +90,7 @@ def test_long_video_runs_in_flat_memory(tmp_path):
     assert reader.frame_count == 6_000
     reader.close()
 
-    rec = poster.Recognizer(_pooled_classifier(), detector="none", batch_size=64)
+    rec = poster.Recognizer.from_checkpoint(_pooled_classifier(), detector="none", batch_size=64)
     video = rec.predict_video(path)
     rss, times, count = {}, {}, 0
     for result in video:

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poster.metrics import ClassificationReport, classification_report, confusion_matrix
-from poster.plots import normalize_rows, plot_confusion_matrix, plot_training_curves
+from poster.evaluation.metrics import ClassificationReport, classification_report, confusion_matrix
+from poster.evaluation.plots import normalize_rows, plot_confusion_matrix, plot_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""``poster.predict.Recognizer`` and ``poster predict`` on a compact model.
+"""``poster.Recognizer`` and ``poster predict`` on a compact model.
 
 The models here are untrained (seeded) ``poster_v1_tiny`` networks whose head is scaled up so the
 predictions depend clearly on the picture.  Real faces: ``skimage.data.astronaut()`` (public
@@ -18,11 +18,13 @@ import torch
 from PIL import Image
 
 import poster
-from poster.accelerate import native_bf16
+from poster.inference.accelerate import native_bf16
 from poster.cli import main
 from poster.data import FER2013_CLASSES, EvalTransform, load_image
 from poster.errors import CheckpointError, PosterError
-from poster.predict import FaceResult, ImageResult, Recognizer, annotate, default_checkpoint
+from poster.inference.drawing import annotate
+from poster.inference.recognizer import Recognizer, default_checkpoint
+from poster.inference.results import FaceResult, ImageResult
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -89,7 +91,7 @@ def _probs(result: ImageResult) -> np.ndarray:
 def test_detector_none_matches_the_eval_transform_on_fer2013(model_rgb, fer2013_dir):
     paths = sorted((fer2013_dir / "val").glob("*/*.jpg"))[::700][:5]
     assert len(paths) == 5
-    rec = Recognizer(model_rgb, detector="none", batch_size=3)
+    rec = Recognizer.from_checkpoint(model_rgb, detector="none", batch_size=3)
     results = list(rec.predict_many(paths))
     expected = _reference_probs(model_rgb, [load_image(p, "RGB") for p in paths])
     assert [r.source for r in results] == [str(p) for p in paths]
@@ -108,7 +110,7 @@ def test_detector_none_uses_the_checkpoint_channel_order(model_rgb, model_bgr, t
     model = model_rgb if order == "RGB" else model_bgr
     path = tmp_path / "face.png"
     cv2.imwrite(str(path), cv2.cvtColor(astronaut_rgb[30:230, 130:330], cv2.COLOR_RGB2BGR))
-    got = _probs(Recognizer(model, detector="none").predict(path))[0]
+    got = _probs(Recognizer.from_checkpoint(model, detector="none").predict(path))[0]
     right = _reference_probs(model, [load_image(path, order)])[0]
     wrong = _reference_probs(model, [load_image(path, "BGR" if order == "RGB" else "RGB")])[0]
     np.testing.assert_allclose(got, right, atol=2e-6)
@@ -116,7 +118,7 @@ def test_detector_none_uses_the_checkpoint_channel_order(model_rgb, model_bgr, t
 
 
 def test_numpy_bgr_and_rgb_give_identical_results(model_rgb, astronaut_rgb):
-    rec = Recognizer(model_rgb)
+    rec = Recognizer.from_checkpoint(model_rgb)
     from_rgb = rec.predict(astronaut_rgb, color="RGB")
     from_bgr = rec.predict(np.ascontiguousarray(astronaut_rgb[:, :, ::-1]), color="BGR")
     assert len(from_rgb.faces) == 1
@@ -134,7 +136,7 @@ def test_colour_arrays_must_say_their_channel_order(model_rgb, astronaut_rgb):
     probabilities; now every 3- and 4-channel array must name its order."""
     from poster.errors import ColorOrderError
 
-    rec = Recognizer(model_rgb, detector="none")
+    rec = Recognizer.from_checkpoint(model_rgb, detector="none")
     bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
     bgra = np.concatenate([bgr, np.full(bgr.shape[:2] + (1,), 255, np.uint8)], axis=2)
     for array in (bgr, bgra):
@@ -152,7 +154,7 @@ def test_colour_arrays_must_say_their_channel_order(model_rgb, astronaut_rgb):
 
 
 def test_face_result_fields(model_rgb, astronaut_rgb):
-    result = Recognizer(model_rgb).predict(astronaut_rgb, color="RGB", keep_image=True)
+    result = Recognizer.from_checkpoint(model_rgb).predict(astronaut_rgb, color="RGB", keep_image=True)
     face = result.faces[0]
     assert isinstance(face, FaceResult) and result.frame is None and result.ok
     assert list(face.probabilities) == list(FER2013_CLASSES)
@@ -181,7 +183,7 @@ def test_predict_many_batches_faces_across_images_in_order(model_rgb, astronaut_
     grey = np.full((120, 160, 3), 128, np.uint8)
     bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
     items = [astronaut_rgb, grey, ("flipped", astronaut_rgb[:, ::-1]), corrupt, astronaut_rgb]
-    rec = Recognizer(model_rgb, batch_size=2, backend=backend)
+    rec = Recognizer(backend, model_rgb.meta, batch_size=2)
     results = list(rec.predict_many(items, color="RGB"))
     assert [r.source for r in results] == ["<array #0>", "<array #1>", "flipped", str(corrupt), "<array #4>"]
     assert [len(r.faces) for r in results] == [1, 0, 1, 0, 1]
@@ -200,37 +202,37 @@ def test_backend_alone_with_meta(model_rgb, astronaut_rgb):
         with torch.inference_mode():
             return model_rgb(batch)
 
-    alone = Recognizer(None, backend=backend, meta=model_rgb.meta, detector="none")
+    alone = Recognizer(backend, model_rgb.meta, detector="none")
     assert alone.model is None
     np.testing.assert_allclose(_probs(alone.predict(astronaut_rgb, color="RGB")),
-                               _probs(Recognizer(model_rgb, detector="none").predict(astronaut_rgb, color="RGB")),
+                               _probs(Recognizer.from_checkpoint(model_rgb, detector="none").predict(astronaut_rgb, color="RGB")),
                                atol=1e-7)
-    bad = Recognizer(None, backend=lambda b: torch.zeros(len(b), 3), meta=model_rgb.meta, detector="none")
+    bad = Recognizer(lambda b: torch.zeros(len(b), 3), model_rgb.meta, detector="none")
     with pytest.raises(PosterError, match="shape"):
         bad.predict(astronaut_rgb, color="RGB")
 
 
 def test_min_face_and_custom_detector(model_rgb, astronaut_rgb):
-    assert Recognizer(model_rgb, min_face=300).predict(astronaut_rgb, color="RGB").faces == []
+    assert Recognizer.from_checkpoint(model_rgb, min_face=300).predict(astronaut_rgb, color="RGB").faces == []
 
     class Halves:  # a detector with boxes only: the left and right halves of the picture
         def detect(self, image_bgr):
             h, w = image_bgr.shape[:2]
             return [poster.face.Face((0, 0, w // 2, h)), poster.face.Face((w // 2, 0, w - w // 2, h))]
 
-    result = Recognizer(model_rgb, detector=Halves()).predict(astronaut_rgb, color="RGB")
+    result = Recognizer.from_checkpoint(model_rgb, detector=Halves()).predict(astronaut_rgb, color="RGB")
     assert [f.box[0] for f in result.faces] == [0.0, 256.0] and result.faces[1].index == 1
 
 
 def test_crop_size_and_grayscale(model_rgb, astronaut_rgb):
     bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
-    rec = Recognizer(model_rgb)
+    rec = Recognizer.from_checkpoint(model_rgb)
     faces = rec.detector.detect(bgr)
     assert rec.crops(bgr, faces)[0].shape == (100, 100, 3)
-    assert Recognizer(model_rgb, crop_size=None).crops(bgr, faces)[0].shape == (224, 224, 3)
+    assert Recognizer.from_checkpoint(model_rgb, crop_size=None).crops(bgr, faces)[0].shape == (224, 224, 3)
     grey = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-    as_grey = Recognizer(model_rgb, detector="none", grayscale=True).predict(bgr, color="BGR")
-    plain = Recognizer(model_rgb, detector="none").predict(grey, color="BGR")
+    as_grey = Recognizer.from_checkpoint(model_rgb, detector="none", grayscale=True).predict(bgr, color="BGR")
+    plain = Recognizer.from_checkpoint(model_rgb, detector="none").predict(grey, color="BGR")
     np.testing.assert_allclose(_probs(as_grey), _probs(plain), atol=1e-7)
 
 
@@ -247,13 +249,13 @@ def test_grayscale_recorded_in_the_checkpoint_is_applied_by_default(astronaut_rg
     assert loaded.meta.input.grayscale is True
     bgr = np.ascontiguousarray(astronaut_rgb[:, :, ::-1])
     grey = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-    by_meta = Recognizer(loaded, detector="none").predict(bgr, color="BGR")
+    by_meta = Recognizer.from_checkpoint(loaded, detector="none").predict(bgr, color="BGR")
     plain = _tiny(order)  # same weights, colour metadata
-    on_grey = Recognizer(plain, detector="none").predict(grey, color="BGR")
+    on_grey = Recognizer.from_checkpoint(plain, detector="none").predict(grey, color="BGR")
     np.testing.assert_allclose(_probs(by_meta), _probs(on_grey), atol=1e-7)
-    colour = Recognizer(loaded, detector="none", grayscale=False).predict(bgr, color="BGR")
+    colour = Recognizer.from_checkpoint(loaded, detector="none", grayscale=False).predict(bgr, color="BGR")
     assert not np.allclose(_probs(colour), _probs(by_meta), atol=1e-4)
-    np.testing.assert_allclose(_probs(colour), _probs(Recognizer(plain, detector="none").predict(bgr, color="BGR")),
+    np.testing.assert_allclose(_probs(colour), _probs(Recognizer.from_checkpoint(plain, detector="none").predict(bgr, color="BGR")),
                                atol=1e-7)
     with pytest.raises(ValueError, match="grayscale must be a bool"):
         poster.InputConfig(grayscale="yes")
@@ -266,10 +268,10 @@ def test_missing_bundled_model_and_model_without_meta_are_clear_errors(monkeypat
     with pytest.raises(CheckpointError, match="bundled model .*gone.pth is missing"):
         default_checkpoint()
     with pytest.raises(CheckpointError, match="is missing"):
-        Recognizer(None)
+        Recognizer.from_checkpoint(None)
     bare = poster.create_model("poster_v1_tiny", num_classes=7)
     with pytest.raises(CheckpointError, match="meta"):
-        Recognizer(bare)
+        Recognizer.from_checkpoint(bare)
 
 
 def test_predict_many_is_lazy_and_stops_its_thread(model_rgb):
@@ -277,7 +279,7 @@ def test_predict_many_is_lazy_and_stops_its_thread(model_rgb):
     import threading
 
     grey = np.full((48, 48, 3), 128, np.uint8)
-    rec = Recognizer(model_rgb, detector="none", batch_size=2)
+    rec = Recognizer.from_checkpoint(model_rgb, detector="none", batch_size=2)
     before = threading.active_count()
     results = rec.predict_many(itertools.repeat(grey), color="BGR")  # endless input: only what is asked for is done
     first = list(itertools.islice(results, 3))
@@ -311,7 +313,7 @@ def face_video(tmp_path_factory, astronaut_rgb) -> Path:
 
 
 def test_predict_video_gives_per_frame_results(model_rgb, face_video):
-    rec = Recognizer(model_rgb, batch_size=4)
+    rec = Recognizer.from_checkpoint(model_rgb, batch_size=4)
     video = rec.predict_video(face_video)
     assert video.fps == pytest.approx(10.0)
     results = list(video)
@@ -347,14 +349,14 @@ def test_undecodable_frame_is_skipped_and_counted(model_rgb, tmp_path):
     assert len(starts) == 6
     data[starts[2]:starts[2] + 600] = bytes(600)  # wipe the third frame's JPEG header
     path.write_bytes(bytes(data))
-    video = Recognizer(model_rgb, detector="none").predict_video(path)
+    video = Recognizer.from_checkpoint(model_rgb, detector="none").predict_video(path)
     frames = [r.frame for r in video]
     assert frames == [0, 1, 3, 4, 5]
     assert video.frames_failed == 1 and video.frames_read == 5
 
 
 def test_predict_video_errors(model_rgb, face_video, tmp_path):
-    rec = Recognizer(model_rgb)
+    rec = Recognizer.from_checkpoint(model_rgb)
     with pytest.raises(PosterError, match="not found"):
         rec.predict_video(tmp_path / "missing.mp4")
     bad = tmp_path / "bad.mp4"
@@ -508,7 +510,7 @@ def test_cli_runtimes_and_precisions_agree(checkpoint, astronaut_rgb, tmp_path, 
     pytest.importorskip("onnxruntime")
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), astronaut_rgb[:, :, ::-1])
-    from poster.export import export_onnx
+    from poster.inference.export import export_onnx
 
     onnx_path = export_onnx(poster.load_model(checkpoint), tmp_path / "tiny.onnx")
 

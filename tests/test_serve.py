@@ -282,8 +282,8 @@ def test_engine_runs_an_onnx_export_like_the_checkpoint(tmp_path):
     import torch
 
     import poster
-    from poster.export import export_onnx
-    from poster.predict import default_checkpoint
+    from poster.inference.export import export_onnx
+    from poster.inference.recognizer import default_checkpoint
     from poster.serve.engine import InferenceEngine, PredictOptions, load_recognizer, model_display_name
 
     onnx_path = export_onnx(poster.load_model(default_checkpoint()), tmp_path / "bundled.onnx")

@@ -177,7 +177,7 @@ def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
             raise CheckpointError(f"{wf.path}: a classifier with {options['num_classes']} classes is not supported")
         meta = release_meta(arch, options, dataset, Path(wf.path).name)
     if channel_order is not None:
-        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "channel_order": channel_order}})
+        meta = meta.with_input(channel_order=channel_order)
     model = create_model(arch, **options)
     load_state_dict_checked(model, wf.state_dict, wf.path)
     model.meta = meta
@@ -191,7 +191,7 @@ def model_from_release(wf: WeightFile, release, channel_order: str | None = None
         raise CheckpointError(f"{wf.path}: this is the MobileFaceNet landmark backbone, not {release.name}")
     meta = release.meta()
     if channel_order is not None:
-        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "channel_order": channel_order}})
+        meta = meta.with_input(channel_order=channel_order)
     model = create_model(meta.arch, num_classes=meta.num_classes, **meta.arch_options)
     load_state_dict_checked(model, wf.state_dict, f"{wf.path} ({release.name})")
     model.meta = meta

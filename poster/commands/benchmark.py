@@ -7,7 +7,7 @@ import logging
 
 from ..errors import PosterError
 
-log = logging.getLogger("poster")
+log = logging.getLogger(__name__)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..data import DATASET_CLASSES
 from ..errors import PosterError
 
-log = logging.getLogger("poster")
+log = logging.getLogger(__name__)
 
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
@@ -61,7 +61,7 @@ def _default_output(args) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.loading import load_model
-    from ..export import export_onnx, export_torchscript, format_size, verify_onnx, verify_torchscript
+    from ..inference.export import export_onnx, export_torchscript, format_size, verify_onnx, verify_torchscript
 
     if args.format == "torchscript" and (args.opset is not None or args.exporter != "auto" or args.static_batch):
         raise PosterError("--opset, --exporter and --static-batch apply to --format onnx only")

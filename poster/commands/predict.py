@@ -15,29 +15,17 @@ counted; the exit status is 0 unless nothing at all could be processed.
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
-import json
 import logging
 import math
-import os
-import stat
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, TextIO
 
-import cv2
-
-from ..data.transforms import IMAGE_EXTENSIONS
 from ..errors import PosterError
-from ..face.detect import LANDMARK_NAMES, list_detectors
-from ..fileio import atomic_write_bytes, create_new_file, safe_mkdirs, safe_subfolder
-from ..runlock import RunLock
-from ..textsafe import csv_cell, printable
-from ..video import VIDEO_EXTENSIONS, parse_source
+from ..face.detect import list_detectors
+from ..inference.batch import BatchListener, BatchOptions, BatchSummary, Shard, open_run_folder, run_batch
+from ..textsafe import printable
 
-log = logging.getLogger("poster")
+log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
@@ -95,192 +83,21 @@ def add_parser(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs
+# Printing
 
 
-RUN_MARKER = ".poster-predict-run"  # marks a predict output folder; folder walks do not read it
+class _Printer(BatchListener):
+    """What the batch job tells, printed: one line per face (unless ``--quiet``), problems on stderr."""
 
-
-@dataclass
-class _Input:
-    kind: str  # "image", "video", "skip", "missing", "special", "run-folder"
-    target: Any
-    rel: Path | None = None  # path under the annotated/ folder (without suffix change)
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
-
-
-def _is_regular_file(path: Path) -> bool:
-    """A regular file (through links): a FIFO, socket or device named ``*.jpg`` is never opened."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _folder_label(folder: Path) -> str:
-    """The name an input folder has under ``annotated/``: ``.`` and ``..`` are named by what they
-    are (the resolved folder's name), so no annotated copy is written outside ``annotated/``."""
-    name = folder.name
-    if name in ("", ".", ".."):
-        name = folder.resolve().name or "root"
-    return name
-
-
-def _classify(path: Path, rel: Path) -> _Input:
-    if not _is_image(path) and not _is_video(path):
-        return _Input("skip", path)
-    if not _is_regular_file(path):
-        return _Input("special", path)
-    return _Input("image" if _is_image(path) else "video", path, rel)
-
-
-def _walk(folder: Path, exclude: set[Path]) -> Iterator[_Input]:
-    """Files under ``folder`` in a stable (sorted) order, lazily; run folders of ``poster predict``
-    (this run's output folder and earlier ones) are not entered."""
-    label = _folder_label(folder)
-    for root, dirs, files in os.walk(folder):
-        kept = []
-        for d in sorted(d for d in dirs if not d.startswith(".")):
-            sub = Path(root) / d
-            if sub.resolve() in exclude or (sub / RUN_MARKER).exists():
-                yield _Input("run-folder", sub)
-            else:
-                kept.append(d)
-        dirs[:] = kept
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(root) / name
-            yield _classify(path, Path(label) / path.relative_to(folder))
-
-
-def expand_inputs(inputs: list[str], exclude: set[Path] | None = None) -> Iterator[_Input]:
-    """What each command-line input stands for; ``exclude``: resolved folders never walked into."""
-    exclude = exclude or set()
-    for text in inputs:
-        kind, target = parse_source(text)
-        if kind == "webcam":
-            yield _Input("video", target, Path(f"webcam{target}.mp4"))
-            continue
-        if kind == "stream":
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(target).split("://", 1)[-1])[:80]
-            yield _Input("video", target, Path(f"stream_{safe}.mp4"))
-            continue
-        path = Path(text)
-        if path.is_dir():
-            if path.resolve() in exclude:
-                yield _Input("run-folder", path)
-            else:
-                yield from _walk(path, exclude)
-        elif path.is_file():
-            yield _Input("video" if _is_video(path) else "image", path, Path(path.name))
-        elif path.exists():
-            yield _Input("special", path)
-        else:
-            yield _Input("missing", path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Results file
-
-
-class _ResultsWriter:
-    """Records appended as they come to ``<final>.partial``; renamed to ``final`` on ``close``.
-
-    The partial file is created new without following links (a link planted under its name is
-    removed, its target untouched); in CSV, text cells that a spreadsheet would run as formulas
-    (``=...``) get a leading apostrophe."""
-
-    def __init__(self, path: Path, fmt: str, class_names: tuple[str, ...], top_k: int) -> None:
-        self.path = path
-        self.tmp = path.with_name(path.name + ".partial")
-        self.fmt = fmt
-        self.class_names = class_names
+    def __init__(self, top_k: int, quiet: bool) -> None:
         self.top_k = top_k
-        self._f: TextIO = create_new_file(self.tmp, "w", encoding="utf-8", newline="")
-        self._csv = None
-        if fmt == "csv":
-            self._csv = csv.writer(self._f)
-            lm_cols = [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")]
-            self._csv.writerow(["source", "frame", "face", "x", "y", "w", "h", *lm_cols, "score", "label",
-                                "confidence", *[csv_cell(f"p_{c}") for c in class_names], "top_k", "note"])
+        self.quiet = quiet
 
-    def write(self, source: str, frame: int | None, face=None, note: str = "", error: str | None = None) -> None:
-        """One record: a face, or (``face=None``) an input without a face or with an ``error``."""
-        if self.fmt == "jsonl":
-            rec: dict[str, Any] = {"source": source, "frame": frame}
-            if face is not None:
-                rec.update(face.to_dict())
-                rec["top_k"] = [[n, round(p, 6)] for n, p in face.top_k(self.top_k)]
-            else:
-                rec.update({"face": None, "num_faces": 0})
-            if error is not None:
-                rec["error"] = error
-            if note:
-                rec["note"] = note
-            self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        else:
-            text = "; ".join(t for t in (note, f"error: {error}" if error is not None else "") if t)
-            frame_cell = "" if frame is None else frame
-            if face is None:
-                row = [csv_cell(source), frame_cell] + [""] * (1 + 4 + 10 + 3 + len(self.class_names) + 1) \
-                    + [csv_cell(text)]
-            else:
-                lm = [f"{v:.2f}" for pt in (face.landmarks or ()) for v in pt] or [""] * 10
-                row = [csv_cell(source), frame_cell, face.index, *[f"{v:.2f}" for v in face.box], *lm,
-                       f"{face.score:.5f}", csv_cell(face.label), f"{face.confidence:.6f}",
-                       *[f"{face.probabilities[c]:.6f}" for c in self.class_names],
-                       csv_cell(";".join(f"{n}:{p:.4f}" for n, p in face.top_k(self.top_k))), csv_cell(text)]
-            self._csv.writerow(row)
-        self._f.flush()
+    def image(self, result) -> None:
+        _print_faces(result, self.top_k, self.quiet)
 
-    def close(self) -> Path:
-        self._f.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-
-# ---------------------------------------------------------------------------------------------
-# Running
-
-
-@dataclass
-class _Summary:
-    images: int = 0
-    images_without_face: int = 0
-    videos: int = 0
-    frames: int = 0
-    frames_failed: int = 0
-    faces: int = 0
-    unreadable: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def processed(self) -> int:
-        return self.images + self.frames
-
-
-def _unique(path: Path, used: set[Path]) -> Path:
-    candidate, n = path, 1
-    while candidate in used:
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-        n += 1
-    used.add(candidate)
-    return candidate
-
-
-def _safe_target(annotated_dir: Path, out: Path) -> Path:
-    """``out``'s folders created under ``annotated/`` without following links planted there."""
-    safe_mkdirs(annotated_dir)
-    folder = safe_subfolder(annotated_dir, out.parent.relative_to(annotated_dir))
-    return folder / out.name
+    def note(self, text: str, problem: bool = False) -> None:
+        print(text, file=sys.stderr if problem else sys.stdout)
 
 
 def _print_faces(result, top_k: int, quiet: bool) -> None:
@@ -298,156 +115,23 @@ def _print_faces(result, top_k: int, quiet: bool) -> None:
               + (f" ({others})" if others else ""))
 
 
-def _run_images(rec, items: list[_Input] | Iterator[_Input], args, writer: _ResultsWriter, summary: _Summary,
-                annotated_dir: Path, used: set[Path]) -> None:
-    from ..predict import annotate
-
-    rel_of: dict[str, Path | None] = {}
-
-    def named() -> Iterator[tuple[str, Any]]:
-        for item in items:
-            rel_of[str(item.target)] = item.rel
-            yield str(item.target), Path(item.target)
-
-    for result in rec.predict_many(named(), keep_images=args.annotate):
-        rel = rel_of.pop(result.source, None)
-        if result.error is not None:
-            print(f"skipped unreadable file: {printable(result.error)}", file=sys.stderr)
-            summary.unreadable.append(result.source)
-            writer.write(result.source, None, None, error=result.error)
-            continue
-        summary.images += 1
-        summary.faces += len(result.faces)
-        if not result.faces:
-            summary.images_without_face += 1
-            writer.write(result.source, None, None, "no face found")
-        for face in result.faces:
-            writer.write(result.source, None, face)
-        _print_faces(result, args.top_k, args.quiet)
-        if args.annotate and result.image is not None:
-            picture = annotate(result.image, result, args.top_k, rec.class_names)
-            out = annotated_dir / (rel or Path(Path(result.source).name))
-            if out.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".webp"):
-                out = out.with_suffix(".png")
-            out = _unique(out, used)
-            ok, data = cv2.imencode(out.suffix.lower(), picture)
-            if ok:
-                atomic_write_bytes(_safe_target(annotated_dir, out), data.tobytes())
+def _print_summary(summary: BatchSummary, results_path: Path, annotated_dir: Path | None) -> None:
+    parts = [f"{summary.images} images ({summary.images_without_face} without a face)"]
+    if summary.videos or summary.frames:
+        parts.append(f"{summary.videos} videos ({summary.frames} frames"
+                     + (f", {summary.frames_failed} undecodable frames skipped" if summary.frames_failed else "") + ")")
+    parts.append(f"{summary.faces} faces")
+    parts.append(f"{len(summary.unreadable)} unreadable")
+    parts.append(f"{len(summary.skipped)} skipped (not images)")
+    print("Summary: " + ", ".join(parts))
+    if summary.unreadable:
+        print("Unreadable: " + ", ".join(printable(u) for u in summary.unreadable))
+    print(f"results: {printable(results_path)}" + (f"\nannotated: {printable(annotated_dir)}" if annotated_dir else ""))
 
 
-def _run_video(rec, item: _Input, args, writer: _ResultsWriter, summary: _Summary, annotated_dir: Path,
-               used: set[Path]) -> None:
-    from ..predict import annotate
-    from ..video import VideoSink
 
-    try:
-        video = rec.predict_video(item.target, every_n=args.every_n, smoothing=args.smooth,
-                                  keep_images=args.annotate, max_frames=args.max_frames)
-    except PosterError as exc:
-        print(f"skipped unreadable video: {printable(exc)}", file=sys.stderr)
-        summary.unreadable.append(str(item.target))
-        writer.write(str(item.target), None, None, error=str(exc))
-        return
-    sink = None
-    if args.annotate:
-        rel = (item.rel or Path(f"{video.source}.mp4")).with_suffix(".mp4")
-        fps = (video.fps or 25.0) / max(1, args.every_n)
-        sink = VideoSink(_safe_target(annotated_dir, _unique(annotated_dir / rel, used)), fps=fps)
-    frames = faces = 0
-    log.info("%s: video %s fps, %s frames", printable(video.source), round(video.fps, 2) or "?", video.reader.frame_count or "?")
-    stream = iter(video)
-    try:
-        for result in stream:
-            frames += 1
-            faces += len(result.faces)
-            if not result.faces:
-                writer.write(result.source, result.frame, None, "no face found")
-            for face in result.faces:
-                writer.write(result.source, result.frame, face)
-            if sink is not None and result.image is not None:
-                sink.write(annotate(result.image, result, args.top_k, rec.class_names, extend_canvas=False))
-    except BaseException:
-        if sink is not None:
-            written = sink.close()  # keep what was annotated so far (e.g. webcam stopped with Ctrl-C)
-            if written:
-                print(f"annotated video (partial): {printable(written)}")
-        raise
-    finally:
-        stream.close()
-        video.close()
-        summary.frames += frames
-        summary.faces += faces
-        summary.frames_failed += video.frames_failed
-    if frames == 0:
-        print(f"skipped unreadable video: no frame could be decoded from {printable(video.source)}", file=sys.stderr)
-        summary.unreadable.append(video.source)
-        writer.write(video.source, None, None, error="no frame could be decoded")
-        if sink is not None:
-            sink.abort()
-        return
-    summary.videos += 1
-    written = sink.close() if sink is not None else None
-    failed = f", {video.frames_failed} undecodable frames skipped" if video.frames_failed else ""
-    print(f"{printable(video.source)}: {frames} frames, {faces} faces{failed}"
-          + (f" -> {printable(written)}" if written else ""))
-
-
-@dataclass
-class _Shard:
-    """This process's share of a ``torchrun`` launch: every ``world_size``-th input, starting at ``rank``.
-
-    Each rank writes ``results.rank<r>.<fmt>``; when all are done, rank 0 merges them into
-    ``results.<fmt>`` (rank order, one CSV header) and removes the parts.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    device: str = "auto"
-
-    @classmethod
-    def from_environment(cls, device: str) -> "_Shard":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls(device=device)
-        import torch
-
-        from ..train.distributed import init_distributed
-
-        use_cuda = device == "auto" and torch.cuda.is_available() or str(device).startswith("cuda")
-        info = init_distributed("cuda" if use_cuda else "cpu")
-        return cls(info.rank, info.world_size, f"cuda:{info.local_rank}" if use_cuda else device)
-
-    def share(self, make: Any) -> Any:
-        """``make()`` run on rank 0 only, its value handed to every rank (one output folder for all)."""
-        if self.world_size == 1:
-            return make()
-        import torch.distributed as dist
-
-        box = [make() if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def take(self, items: Iterator[_Input]) -> Iterator[_Input]:
-        return (item for i, item in enumerate(items) if i % self.world_size == self.rank)
-
-    def merge(self, part: Path, final: Path, fmt: str) -> Path:
-        if self.world_size == 1:
-            return part
-        import torch.distributed as dist
-
-        dist.barrier()
-        if self.rank == 0:
-            parts = [final.with_name(f"results.rank{r}.{fmt}") for r in range(self.world_size)]
-            lines: list[str] = []
-            for i, path in enumerate(parts):
-                text = path.read_text(encoding="utf-8").splitlines(keepends=True)
-                lines.extend(text[1:] if fmt == "csv" and i > 0 else text)
-            atomic_write_bytes(final, "".join(lines).encode("utf-8"))
-            for path in parts:
-                path.unlink()
-        dist.barrier()
-        dist.destroy_process_group()
-        return final
+# ---------------------------------------------------------------------------------------------
+# Running
 
 
 MAX_CROP_SIZE = 1024  # a face crop of 20,000 pixels a side would take gigabytes per face
@@ -485,72 +169,15 @@ def _check_runtime(checkpoint: str, runtime: str) -> None:
 
 
 def is_torchscript_file(path: Path) -> bool:
-    from ..runtime import is_torchscript_file as check
+    from ..inference.runtime import is_torchscript_file as check
 
     return path.is_file() and check(path)
 
 
-def _claim_output_dir(requested: str, exist_ok: bool) -> Path:
-    """A fresh run folder (``DIR``, ``DIR2``, ... first one missing or empty) or, with ``exist_ok``,
-    ``DIR`` itself; refused when it is a file, a link, or not writable."""
-    from ..fileio import claim_run_folder
-
-    try:
-        return claim_run_folder(requested, exist_ok=exist_ok)
-    except OSError as exc:
-        where = printable(exc.filename or requested)
-        raise PosterError(f"cannot use output folder {where}: {exc.strerror or exc}") from None
-
-
-def _prepare_output_dir(out_dir: Path, results_name: str) -> RunLock:
-    """Lock the run folder, mark it as one, and clear what an earlier run in it (``--exist-ok``)
-    left under the names this run writes: a killed run must not leave the previous results."""
-    lock = RunLock(out_dir, "poster predict").acquire()
-    for name in (results_name, results_name + ".partial", "annotated"):
-        entry = out_dir / name
-        if entry.is_symlink():
-            lock.release()
-            raise PosterError(f"{printable(entry)} is a symbolic link: refusing to write through it "
-                              "(remove it or choose another output folder)")
-    (out_dir / results_name).unlink(missing_ok=True)
-    return lock
-
-
-def _print_summary(summary: _Summary, results_path: Path, annotated_dir: Path | None) -> None:
-    parts = [f"{summary.images} images ({summary.images_without_face} without a face)"]
-    if summary.videos or summary.frames:
-        parts.append(f"{summary.videos} videos ({summary.frames} frames"
-                     + (f", {summary.frames_failed} undecodable frames skipped" if summary.frames_failed else "") + ")")
-    parts.append(f"{summary.faces} faces")
-    parts.append(f"{len(summary.unreadable)} unreadable")
-    parts.append(f"{len(summary.skipped)} skipped (not images)")
-    print("Summary: " + ", ".join(parts))
-    if summary.unreadable:
-        print("Unreadable: " + ", ".join(printable(u) for u in summary.unreadable))
-    print(f"results: {printable(results_path)}" + (f"\nannotated: {printable(annotated_dir)}" if annotated_dir else ""))
-
-
-def _report_other(item: _Input, writer: _ResultsWriter, summary: _Summary) -> None:
-    where = printable(item.target)
-    if item.kind == "skip":
-        print(f"note: skipped (not an image or video): {where}", file=sys.stderr)
-        summary.skipped.append(str(item.target))
-    elif item.kind == "run-folder":
-        print(f"note: skipped the output folder of a poster predict run: {where}", file=sys.stderr)
-    elif item.kind == "special":
-        print(f"skipped: not a regular file (FIFO, device or socket; never opened): {where}", file=sys.stderr)
-        summary.unreadable.append(str(item.target))
-        writer.write(str(item.target), None, None, error="not a regular file")
-    else:
-        print(f"skipped missing input: {where} (no such file or folder)", file=sys.stderr)
-        summary.unreadable.append(str(item.target))
-        writer.write(str(item.target), None, None, error="no such file or folder")
-
-
 def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, device: str):
-    from ..accelerate import describe_inference
-    from ..predict import Recognizer
-    from ..runtime import load_backend
+    from ..inference.accelerate import describe_inference
+    from ..inference.recognizer import Recognizer
+    from ..inference.runtime import load_backend
 
     options = {"score_threshold": args.score_threshold} if args.detector == "yunet" else {}
     common = dict(device=device, detector=args.detector, batch_size=args.batch_size, min_face=args.min_face,
@@ -560,13 +187,13 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
         if args.eager and args.precision == "bf16":
             raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
         precision = "fp32" if args.eager else args.precision
-        rec = Recognizer(checkpoint, precision=precision, compile=args.compile, fast=not args.eager, **common)
+        rec = Recognizer.from_checkpoint(checkpoint, precision=precision, compile=args.compile, fast=not args.eager, **common)
         engine = "PyTorch " + describe_inference(rec.fast_inference)
     else:
         if args.precision != "auto" or args.compile or args.eager:
             raise PosterError(f"--precision, --eager and --compile apply to the PyTorch runtime, not {runtime}")
         backend, meta = load_backend(checkpoint, runtime, device=device)
-        rec = Recognizer(None, backend=backend, meta=meta, **common)
+        rec = Recognizer(backend, meta, **common)
         engine = {"onnx": "ONNX Runtime", "torchscript": "TorchScript"}[runtime]
     log.info("model %s (%s input, classes %s) on %s with %s; detector %s", printable(rec.meta.arch),
              rec.channel_order, printable(", ".join(rec.class_names)), rec.device, engine, args.detector)
@@ -574,9 +201,9 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import resolve_device
-    from ..predict import default_checkpoint
-    from ..runtime import detect_runtime
+    from ..device import resolve_device
+    from ..inference.recognizer import default_checkpoint
+    from ..inference.runtime import detect_runtime
 
     _check_options(args)
     if args.device != "auto":
@@ -584,50 +211,17 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
     runtime = detect_runtime(checkpoint) if args.runtime == "auto" else args.runtime
     _check_runtime(checkpoint, runtime)
-    shard = _Shard.from_environment(args.device)
+    shard = Shard.from_environment(args.device)
     # the run folder is claimed and locked before the model loads: a busy or unusable folder is
     # the first and only thing said
-    out_dir = Path(shard.share(lambda: str(_claim_output_dir(args.output_dir, args.exist_ok))))
-    results_name = f"results.{args.format}" if shard.world_size == 1 else f"results.rank{shard.rank}.{args.format}"
-    lock = _prepare_output_dir(out_dir, results_name) if shard.rank == 0 else None
-    try:
-        if shard.rank != 0:
-            (out_dir / results_name).unlink(missing_ok=True)
+    with open_run_folder(args.output_dir, args.exist_ok, args.format, shard) as run_folder:
         rec = _load_recognizer(args, checkpoint, runtime, shard.device)
-        return _predict_into(rec, args, shard, out_dir, results_name)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _predict_into(rec, args: argparse.Namespace, shard: _Shard, out_dir: Path, results_name: str) -> int:
-    marker = out_dir / RUN_MARKER
-    if shard.rank == 0 and not marker.exists():
-        atomic_write_bytes(marker, b"poster predict output folder: folder inputs never read it\n")
-    annotated_dir = out_dir / "annotated"
-    writer = _ResultsWriter(out_dir / results_name, args.format, rec.class_names, args.top_k)
-    summary = _Summary()
-    used: set[Path] = set()
-    interrupted = False
-    try:
-        kinds = (lambda it: "video" if it.kind == "video" else "image" if it.kind == "image" else "other")
-        items = expand_inputs(args.inputs, exclude={out_dir.resolve()})
-        for kind, group in itertools.groupby(shard.take(items), key=kinds):
-            if kind == "image":
-                _run_images(rec, group, args, writer, summary, annotated_dir, used)
-            elif kind == "video":
-                for item in group:
-                    _run_video(rec, item, args, writer, summary, annotated_dir, used)
-            else:
-                for item in group:
-                    _report_other(item, writer, summary)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        results_path = shard.merge(writer.close(), out_dir / f"results.{args.format}", args.format)
-
-    _print_summary(summary, results_path, annotated_dir if args.annotate and used else None)
-    if interrupted:
+        options = BatchOptions(fmt=args.format, top_k=args.top_k, annotate=args.annotate, every_n=args.every_n,
+                               smoothing=args.smooth, max_frames=args.max_frames)
+        summary, results_path = run_batch(rec, args.inputs, run_folder.folder, options, shard,
+                                          _Printer(args.top_k, args.quiet))
+    _print_summary(summary, results_path, run_folder.folder / "annotated" if summary.annotated else None)
+    if summary.interrupted:
         print("interrupted: the results so far are kept", file=sys.stderr)
         if summary.processed == 0:
             return 130

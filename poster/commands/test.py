@@ -10,18 +10,19 @@ import logging
 import re
 from pathlib import Path
 
-from ..accelerate import describe_inference, prepare_inference
+from ..inference.accelerate import describe_inference, prepare_inference
 from ..checkpoint.loading import load_model
 from ..data import DATASET_CLASSES, DATASET_NAMES, DATASET_TITLES, EvalTransform, abbreviate, build_dataset
 from ..data.classmap import ClassMapping, map_classes, parse_class_map
 from ..data.datasets import ImageListDataset
 from ..errors import PosterError
-from ..evaluate import evaluate, resolve_device
+from ..device import resolve_device
+from ..evaluation.evaluate import evaluate
 from ..fileio import atomic_write_text, claim_run_folder
 from ..runlock import lock_run_folder
 from ..textsafe import csv_cell, printable
 
-log = logging.getLogger("poster")
+log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "macro_f1_classes_with_examples": report.macro_f1_supported,
     }
     if args.plot:
-        from ..plots import plot_confusion_matrix
+        from ..evaluation.plots import plot_confusion_matrix
 
         title = DATASET_TITLES.get(args.dataset, args.dataset)
         png = plot_confusion_matrix(report.confusion_matrix, [abbreviate(c) for c in report.class_names],

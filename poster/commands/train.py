@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Out-of-range values are one clear error before any data is read."""
-    from ..evaluate import resolve_device
+    from ..device import resolve_device
 
     if args.val_split is None and not (math.isfinite(args.val_fraction) and 0.0 < args.val_fraction < 1.0):
         raise PosterError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")

@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError, option
+from ..meta import check_channel_order
 from .labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
 from .transforms import CHANNEL_ORDERS, IMAGE_EXTENSIONS, load_image
 
@@ -359,8 +360,7 @@ class ImageListDataset(Dataset):
         t_order = _transform_order(transform)
         if channel_order is None:
             channel_order = t_order or "RGB"
-        if channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+        check_channel_order(channel_order)
         if t_order is not None and t_order != channel_order:
             raise ValueError(f"channel_order={channel_order!r} contradicts the transform's input config "
                              f"({t_order!r}); leave channel_order unset to follow the transform")

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..errors import ColorOrderError, DatasetError
-from ..meta import InputConfig
+from ..meta import CHANNEL_ORDERS, InputConfig, check_channel_order
 from .imagelimits import check_pixel_budget, read_image_file
 
 __all__ = [
@@ -65,7 +65,6 @@ def _decodable(extension: str) -> bool:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".jp2",
                     ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras", ".hdr", ".pic") + tuple(
     e for e in (".gif", ".avif") if _decodable(e))
-CHANNEL_ORDERS = ("RGB", "BGR")
 
 _PIL_FILTERS = {
     "nearest": Image.NEAREST,
@@ -77,12 +76,6 @@ _PIL_FILTERS = {
 }
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-
-
-def _check_order(channel_order: str, what: str = "channel_order") -> str:
-    if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"{what} must be 'RGB' or 'BGR', got {channel_order!r}")
-    return channel_order
 
 
 def _reorder(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
@@ -136,7 +129,7 @@ def decode_image_bytes(data: bytes | bytearray | memoryview | np.ndarray, channe
     (OpenCV ``IMREAD_COLOR``).  Empty, truncated or undecodable data raises ``DatasetError``
     naming ``name``.
     """
-    _check_order(channel_order)
+    check_channel_order(channel_order)
     if isinstance(data, np.ndarray):
         buf = np.ascontiguousarray(data.reshape(-1)).view(np.uint8)
     else:
@@ -171,7 +164,7 @@ def load_image(path: str | os.PathLike, channel_order: str = "RGB") -> np.ndarra
     tag (like ``cv2.imread``, the V1 loader) whereas a plain PIL loader (V2's ImageFolder) does not.
     Errors (missing file, empty, truncated, not an image) raise ``DatasetError`` naming the file.
     """
-    _check_order(channel_order)
+    check_channel_order(channel_order)
     p = Path(path)
     buf = read_image_file(p)  # regular files only, within the pixel budget (poster.data.imagelimits)
     return decode_image_bytes(buf, channel_order, name=str(p))
@@ -190,9 +183,9 @@ def to_uint8_array(image: ImageLike, channel_order: str = "RGB", assume: str | N
       of a 3- or 4-channel array are in ``assume`` order ("RGB", or "BGR" for ``cv2.imread``
       output), which must be given: ``ColorOrderError`` otherwise.  Grey arrays need none.
     """
-    _check_order(channel_order)
+    check_channel_order(channel_order)
     if assume is not None:
-        _check_order(assume, "assume")
+        check_channel_order(assume, "assume")
     if isinstance(image, (str, os.PathLike)):
         return load_image(image, channel_order)
     if isinstance(image, Image.Image):

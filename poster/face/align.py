@@ -42,7 +42,7 @@ which is what ``cv2.warpAffine`` and the detectors use.
 
 Crop size: RAF-DB's aligned faces are 100x100 and the reference evaluation transform resizes them to
 224 (PIL bilinear), so ``align_face(..., size=100)`` followed by ``EvalTransform`` reproduces the
-training images' sampling best (``poster.predict.Recognizer`` does this by default); aligning
+training images' sampling best (``poster.Recognizer`` does this by default); aligning
 straight to the model's input size is sharper but not what the model saw.  When the face is much
 larger than the crop, the image is first shrunk with ``INTER_AREA`` so the warp does not alias.
 Pixels the transform pulls from outside the image repeat the border (``BORDER_REPLICATE``).

@@ -10,10 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# (in_channels, out_channels, number of units) of the three stages used by POSTER.
-IR50_STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14))
-
-
 class BottleneckIR(nn.Module):
     """``res_layer(x) + shortcut_layer(x)``, no activation after the sum."""
 

@@ -147,11 +147,11 @@ class InferenceEngine:
     def record(self, prepared: PreparedImage, probabilities: list[np.ndarray], top_k: int,
                elapsed_ms: float) -> dict[str, Any]:
         """The answer: per face the fields ``poster predict`` writes to ``results.jsonl``."""
-        from ..predict import _make_face_result
+        from ..inference.results import face_result
 
         faces = []
         for index, (face, probs) in enumerate(zip(prepared.faces, probabilities)):
-            result = _make_face_result(face, probs, self.class_names, index)
+            result = face_result(face, probs, self.class_names, index)
             faces.append({**result.to_dict(), "top_k": [[n, round(p, 6)] for n, p in result.top_k(top_k)]})
         return {"faces": faces, "width": prepared.width, "height": prepared.height, "model": self.model_name,
                 "elapsed_ms": round(elapsed_ms, 2)}
@@ -184,14 +184,14 @@ def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str =
     """A ``Recognizer`` for any checkpoint, release name, ONNX or TorchScript file, as ``predict`` builds it.
 
     The detector is chosen per request by the engine, so the recogniser itself has none."""
-    from ..predict import Recognizer, default_checkpoint
-    from ..runtime import detect_runtime, load_backend
+    from ..inference.recognizer import Recognizer, default_checkpoint
+    from ..inference.runtime import detect_runtime, load_backend
 
     path = checkpoint if checkpoint is not None else default_checkpoint()
     runtime = detect_runtime(path) if runtime == "auto" else runtime
     if runtime == "torch":
-        return Recognizer(path, device=device, detector="none", precision=precision, prefetch=False)
+        return Recognizer.from_checkpoint(path, device, "none", precision=precision, prefetch=False)
     if precision != "fp32":
         raise PosterError(f"--precision applies to the PyTorch runtime, not {runtime}")
     backend, meta = load_backend(path, runtime, device=device)
-    return Recognizer(None, device=device, detector="none", backend=backend, meta=meta, prefetch=False)
+    return Recognizer(backend, meta, "none", device=device, prefetch=False)

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from poster.data.transforms import normalize_levels
-from poster.meta import IMAGENET_MEAN, IMAGENET_STD
+from poster.meta import IMAGENET_MEAN, IMAGENET_STD, check_channel_order
 
 __all__ = [
     "NOISE_STD",
@@ -137,9 +137,8 @@ def normalize(
     ``(x - mean[c]) / std[c]`` with ``mean``/``std`` in the *output* channel order, as the
     reference applies them (V1 RAF-DB: channel 0 is blue and gets mean 0.485)."""
     _check_batch(images)
-    for name, order in (("input_order", input_order), ("channel_order", channel_order)):
-        if order not in ("RGB", "BGR"):
-            raise ValueError(f"{name} must be 'RGB' or 'BGR', got {order!r}")
+    check_channel_order(input_order, "input_order")
+    check_channel_order(channel_order)
     x = images.to(dtype)
     if input_order != channel_order:
         x = x.flip(1)

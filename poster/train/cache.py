@@ -58,10 +58,10 @@ from ..data import load_image
 from ..data.transforms import normalize_levels, resize_square
 from ..errors import PosterError
 from ..fileio import atomic_write_text
-from ..meta import IMAGENET_MEAN, IMAGENET_STD
+from ..meta import check_channel_order
 from .augment import AugmentConfig, _rand, _randn, add_noise_levels, sample_erasing_boxes, to_grey3_uint8
 
-log = logging.getLogger("poster.train")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CACHE_VERSION",
@@ -72,7 +72,6 @@ __all__ = [
     "decode_phases",
     "erase_mask_112",
     "augment_cached",
-    "normalize_cached",
     "CachedBatches",
 ]
 
@@ -237,8 +236,7 @@ def build_uint8_cache(records: Sequence[tuple[str, int]], channel_order: str, si
         workers: decoding threads (default ``min(8, cpu count)``).
         wait_timeout: seconds to wait for another process building the same file.
     """
-    if channel_order not in ("RGB", "BGR"):
-        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    check_channel_order(channel_order)
     if size <= 0 or size % 2:
         raise ValueError(f"size must be a positive even number, got {size}")
     records = [(os.fspath(p), int(label)) for p, label in records]
@@ -355,10 +353,6 @@ def erase_mask_112(top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: to
     return (rows.unsqueeze(2) & cols.unsqueeze(1)).unsqueeze(1)
 
 
-def normalize_cached(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """uint8 (or whole-level float) batch -> float32 ``(x / 255 - mean) / std``, the eval transform's
-    arithmetic in its order (so results are bit-identical to ``EvalTransform``)."""
-    return normalize_levels(x.to(torch.float32), mean, std)
 
 
 class _Source:

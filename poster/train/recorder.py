@@ -38,7 +38,7 @@ class RunRecorder:
         """One finished epoch: the log line, the metrics file and curves, TensorBoard."""
         self._print(entry)
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        from ..plots import plot_training_curves
+        from ..evaluation.plots import plot_training_curves
 
         plot_training_curves(history, self.out / "curves.png", title=self.title)
         if self._writer is not None:
@@ -55,7 +55,7 @@ class RunRecorder:
     def report(self, result: dict[str, Any], confusion_matrix: Any, class_names: Sequence[str], caption: str) -> None:
         """The final report and confusion matrix."""
         from ..data import abbreviate
-        from ..plots import plot_confusion_matrix
+        from ..evaluation.plots import plot_confusion_matrix
 
         plot_confusion_matrix(confusion_matrix, [abbreviate(c) for c in class_names], f"{self.title} ({caption})",
                               self.out / "confusion_matrix.png")

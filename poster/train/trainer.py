@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader
 from ..checkpoint.formats import read_weight_file, save_checkpoint
 from ..checkpoint.loading import load_backbone_weights, load_state_dict_checked
 from ..data import EvalTransform
+from ..device import resolve_device
 from ..errors import PosterError, TrainingDiverged, option
-from ..evaluate import predict_logits, resolve_device
+from ..evaluation.evaluate import predict_logits
 from ..fileio import remove_stale_temporaries
 from ..meta import ModelMeta
-from ..metrics import classification_report
+from ..evaluation.metrics import classification_report
 from ..models import create_model
 from .augment import AugmentConfig, BatchAugment
 from .bundle import DataBundle, build_data_bundle

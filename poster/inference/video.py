@@ -20,13 +20,15 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
 
-from .errors import PosterError
-from .fileio import default_file_mode
+from ..errors import PosterError
+from ..fileio import default_file_mode
+from .results import ImageResult
+from .tracking import EmaTracker
 
 __all__ = ["VIDEO_EXTENSIONS", "parse_source", "is_video_path", "FrameReader", "VideoSink"]
 
@@ -200,3 +202,73 @@ class VideoSink:
             except FileNotFoundError:
                 pass
             self._tmp = None
+
+
+class FrameRecognizer(Protocol):
+    """What ``VideoPrediction`` needs of a recogniser (``poster.Recognizer`` is one)."""
+
+    class_names: Sequence[str]
+
+    def predict_frames(self, source: str, frames: Iterable[tuple[int, np.ndarray]], keep_images: bool = False,
+                       live: bool = False) -> Iterator[ImageResult]: ...
+
+
+class VideoPrediction:
+    """Iterable of per-frame ``ImageResult`` for one video source (see ``Recognizer.predict_video``)."""
+
+    def __init__(self, recognizer: "FrameRecognizer", source: int | str | os.PathLike, every_n: int = 1,
+                 smoothing: float | None = None, keep_images: bool = False, max_frames: int | None = None) -> None:
+        self.recognizer = recognizer
+        self.reader = FrameReader(source, every_n=every_n)
+        self.source = self.reader.name
+        self.smoothing = smoothing
+        if smoothing is not None and not 0.0 <= float(smoothing) < 1.0:
+            self.reader.close()
+            raise ValueError(f"smoothing must be None or in [0, 1), got {smoothing}")
+        self.keep_images = keep_images
+        self.max_frames = max_frames
+        self.frames_processed = 0
+        self._started = False
+
+    @property
+    def fps(self) -> float:
+        return self.reader.fps
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        return self.reader.frame_size
+
+    @property
+    def frames_read(self) -> int:
+        return self.reader.frames_read
+
+    @property
+    def frames_failed(self) -> int:
+        return self.reader.frames_failed
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __iter__(self) -> Iterator[ImageResult]:
+        if self._started:
+            raise RuntimeError("a VideoPrediction can be iterated once")
+        self._started = True
+        rec = self.recognizer
+        tracker = EmaTracker(float(self.smoothing), rec.class_names) if self.smoothing is not None else None
+        live = self.reader.kind in ("webcam", "stream")
+        results = rec.predict_frames(self.source, self._frames(), self.keep_images, live=live)
+        try:
+            for result in results:
+                self.frames_processed += 1
+                if tracker is not None and result.ok:
+                    result.faces = tracker.update(result.faces)
+                yield result
+        finally:
+            results.close()  # stops the decoding thread
+            self.reader.close()
+
+    def _frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        for count, (index, frame) in enumerate(self.reader):
+            if self.max_frames is not None and count >= self.max_frames:
+                break
+            yield index, frame

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 __all__ = ["normalize_rows", "plot_confusion_matrix", "plot_training_curves"]
 

@@ -40,10 +40,10 @@ __all__ = [
     "prepare_inference",
     "CudaGraphRunner",
     "cuda_graphs_available",
-    "INFERENCE_DTYPES",
+    "PRECISIONS",
 ]
 
-INFERENCE_DTYPES = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")
 
 
 # --------------------------------------------------------------------------- BN folding
@@ -78,12 +78,12 @@ def describe_inference(fast: "FastInference | None") -> str:
         return "eager fp32"
     parts = [f"{fast.folded_pairs} BN folded" if fast.folded_pairs else "", "channels-last" if fast.channels_last else "",
              "compiled" if fast.compiled else ""]
-    return f"{fast.dtype} fast path ({', '.join(p for p in parts if p) or 'plain'})"
+    return f"{fast.precision} fast path ({', '.join(p for p in parts if p) or 'plain'})"
 
 
 def _attr_pair_types() -> tuple[type, ...]:
     """Modules whose ``forward`` applies ``self.bn(self.conv(x))`` (MobileFaceNet blocks)."""
-    from .models.mobilefacenet import ConvBlock, LinearBlock
+    from ..models.mobilefacenet import ConvBlock, LinearBlock
 
     return (ConvBlock, LinearBlock)
 
@@ -155,7 +155,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 # --------------------------------------------------------------------------- inference wrapper
 def _is_poster(model: nn.Module) -> bool:
-    from .models import PosterV1, PosterV2
+    from ..models import PosterV1, PosterV2
 
     return isinstance(model, (PosterV1, PosterV2))
 
@@ -188,18 +188,18 @@ class FastInference(nn.Module):
     exactly those pixels (docs/faithfulness.md#input, ``resize_to_112``), so this changes nothing but the transfer
     size.  A 112 input is used as it is.
 
-    Attributes: ``model`` (the prepared copy), ``device``, ``dtype`` ("fp32"/"bf16"),
+    Attributes: ``model`` (the prepared copy), ``device``, ``precision`` ("fp32"/"bf16"),
     ``channels_last``, ``compiled``, ``compile_seconds`` (time of the first call at each warm-up
     shape when compiling, else 0), ``folded_pairs`` (number of folded Conv/BN pairs).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: str, channels_last: bool,
+    def __init__(self, model: nn.Module, device: torch.device, precision: str, channels_last: bool,
                  runner: Callable[[torch.Tensor], torch.Tensor], subsample: bool, folded_pairs: int,
                  compiled: bool):
         super().__init__()
         self.model = model
         self.device = device
-        self.dtype = dtype
+        self.precision = precision
         self.channels_last = channels_last
         self.subsample = subsample
         self.folded_pairs = folded_pairs
@@ -220,7 +220,7 @@ class FastInference(nn.Module):
     def run_prepared(self, x: torch.Tensor) -> torch.Tensor:
         """The model on an input already made by :meth:`prepare_input` (what CUDA graphs capture)."""
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.dtype == "bf16", cache_enabled=False), \
+                                                    enabled=self.precision == "bf16", cache_enabled=False), \
                 _cpu_freezing(self.compiled and self.device.type == "cpu"):
             return self._runner(x).float()
 
@@ -241,7 +241,7 @@ class FastInference(nn.Module):
         return total
 
     def extra_repr(self) -> str:
-        return (f"device={self.device}, dtype={self.dtype}, channels_last={self.channels_last}, "
+        return (f"device={self.device}, precision={self.precision}, channels_last={self.channels_last}, "
                 f"compiled={self.compiled}, folded_pairs={self.folded_pairs}")
 
 
@@ -262,7 +262,7 @@ def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
     return count
 
 
-def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtype: str = "fp32",
+def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
                       channels_last: bool = True, compile: bool = False, fold_bn: bool = True, *,
                       compile_mode: str | None = None, warmup_batch_sizes: Sequence[int] = (1,),
                       input_size: int = 224) -> FastInference:
@@ -270,7 +270,7 @@ def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtyp
 
     Args:
         device: where to run.
-        dtype: ``"fp32"`` (results within the golden tolerance of the plain model) or ``"bf16"``
+        precision: ``"fp32"`` (results within the golden tolerance of the plain model) or ``"bf16"``
             (autocast; matmuls/convs in bfloat16 with their weights cast once here
             (:func:`cast_matmul_weights`), reductions such as LayerNorm/softmax in fp32).
         channels_last: convert conv weights and inputs to NHWC.  Legal for POSTER: the V1 token
@@ -281,14 +281,14 @@ def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtyp
         fold_bn: fold Conv2d -> BatchNorm2d pairs (:func:`fold_batchnorm`).
         compile_mode: passed to ``torch.compile`` (e.g. ``"max-autotune"``).
     """
-    if dtype not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = torch.device(device)
     prepared = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     folded = len(conv_bn_pairs(model)) if fold_bn else 0
     prepared.requires_grad_(False)
     prepared = prepared.to(device)
-    if dtype == "bf16":
+    if precision == "bf16":
         cast_matmul_weights(prepared, torch.bfloat16)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
@@ -298,7 +298,7 @@ def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", dtyp
         if compile_mode:
             kwargs["mode"] = compile_mode
         runner = torch.compile(prepared, **kwargs)
-    fast = FastInference(prepared, device, dtype, channels_last, runner, _is_poster(model), folded, compile)
+    fast = FastInference(prepared, device, precision, channels_last, runner, _is_poster(model), folded, compile)
     if compile:
         fast.warmup(warmup_batch_sizes, input_size)
     return fast

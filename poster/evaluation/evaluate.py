@@ -10,27 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..device import resolve_device
 from .metrics import ClassificationReport, classification_report
-
-
-def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch understands it."""
-    if spec is None or str(spec) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from .errors import PosterError
-
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise PosterError(f"unknown device {str(spec)!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise PosterError(f"device {str(spec)!r} is not supported here: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and device.index is not None and device.index >= max(1, torch.cuda.device_count()):
-        if torch.cuda.is_available():
-            raise PosterError(f"device {str(spec)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PosterError(f"device {spec!r} requested but CUDA is not available on this machine")
-    return device
 
 
 @dataclass

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import PosterError, option
-from .meta import ModelMeta
+from ..device import resolve_device
+from ..errors import PosterError, option
+from ..meta import TORCHSCRIPT_META_FILE, ModelMeta, meta_from_props, model_meta
 
 RUNTIMES = ("auto", "torch", "onnx", "torchscript")
 
@@ -79,7 +80,6 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError as e:
             raise PosterError("the ONNX runtime needs onnxruntime: pip install 'poster-fer[onnx]'") from e
-        from .export import meta_from_props
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -166,8 +166,6 @@ class TorchBackend:
     runtime = "torch"
 
     def __init__(self, model: nn.Module, meta: ModelMeta | None = None):
-        from .export import model_meta
-
         self.model = model.eval()
         self.meta: ModelMeta = model_meta(model, meta)
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -192,8 +190,6 @@ class TorchScriptBackend:
     runtime = "torchscript"
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu"):
-        from .export import TORCHSCRIPT_META_FILE
-
         self.path = Path(path)
         if not self.path.is_file():
             raise PosterError(f"TorchScript file not found: {self.path}")
@@ -288,15 +284,9 @@ def load_backend(path_or_checkpoint: str | os.PathLike | nn.Module, runtime: str
     if runtime == "onnx":
         backend = OnnxBackend(path_or_checkpoint, providers=onnx_providers(device), threads=threads)
     elif runtime == "torchscript":
-        backend = TorchScriptBackend(path_or_checkpoint, device=_torch_device(device))
+        backend = TorchScriptBackend(path_or_checkpoint, device=resolve_device(device))
     else:
-        from .checkpoint.loading import load_model
+        from ..checkpoint.loading import load_model
 
-        backend = TorchBackend(load_model(path_or_checkpoint, device=_torch_device(device), **load_options))
+        backend = TorchBackend(load_model(path_or_checkpoint, device=resolve_device(device), **load_options))
     return backend, backend.meta
-
-
-def _torch_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -25,15 +25,16 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import PosterError
-from .fileio import atomic_write_bytes
-from .meta import InputConfig, ModelMeta
+from .. import __version__
+from ..errors import PosterError
+from ..fileio import atomic_write_bytes
+from ..meta import META_KEY, TORCHSCRIPT_META_FILE, ModelMeta, meta_from_props, model_meta
+from .runtime import OnnxBackend, TorchScriptBackend
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ MIN_OPSET, MAX_OPSET = 13, 20
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-_MAX_META_CHARS = 1 << 20  # a real one is under 2 KB
-META_KEY = "poster.meta"  # ModelMeta.to_dict() as JSON, in ONNX metadata_props / TorchScript extra files
-TORCHSCRIPT_META_FILE = "poster_meta.json"
 
 #: Relative tolerance of ``verify_*``: allowed max abs difference = RTOL * max(1, max|logits|).
 RTOL = 1e-4
@@ -59,22 +57,6 @@ _PROTOBUF_LIMIT = 2**31 - 1  # a single-file ONNX model must serialise below 2 G
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def model_meta(model: nn.Module, meta: ModelMeta | None = None) -> ModelMeta:
-    """``meta``, else ``model.meta``, else a generic description (class_0.., RGB, 224) with a warning."""
-    if meta is not None:
-        return meta
-    found = getattr(model, "meta", None)
-    if isinstance(found, ModelMeta):
-        return found
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes is None:
-        raise PosterError(f"{type(model).__name__} has no .meta and no .num_classes: pass meta=ModelMeta(...)")
-    log.warning("the model has no .meta: the export records generic class names (class_0, ...) and "
-                "RGB / ImageNet normalisation at 224 px")
-    return ModelMeta(arch=type(model).__name__, num_classes=int(num_classes),
-                     class_names=tuple(f"class_{i}" for i in range(int(num_classes))), input=InputConfig())
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -197,7 +179,7 @@ def _export_meta(model: nn.Module, meta: ModelMeta | None, input_size: int | Non
     meta = model_meta(model, meta)
     size = int(input_size if input_size is not None else meta.input.input_size)
     if size != meta.input.input_size:
-        meta = ModelMeta.from_dict({**meta.to_dict(), "input": {**meta.input.to_dict(), "input_size": size}})
+        meta = meta.with_input(input_size=size)
     return meta, size
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = True,
@@ -216,7 +198,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
 
     The graph has input ``input`` [N,3,S,S] float32 and output ``logits`` [N,C]; the metadata is
     ``metadata_props['poster.meta']`` (``ModelMeta.to_dict()`` as JSON), read back by
-    ``read_onnx_meta`` / ``poster.runtime.OnnxBackend``.
+    ``read_onnx_meta`` / ``poster.inference.runtime.OnnxBackend``.
     """
     onnx = _require_onnx()
     if exporter not in EXPORTERS:
@@ -281,20 +263,6 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     return meta_from_props({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
-def meta_from_props(props: dict[str, str], where: str = "") -> ModelMeta:
-    """``ModelMeta`` from ONNX metadata properties (``{key: value}``)."""
-    text = props.get(META_KEY)
-    if text is None:
-        raise PosterError(f"{where}: no '{META_KEY}' metadata: this ONNX file was not written by poster export "
-                          "(class names and preprocessing are unknown)")
-    if len(text) > _MAX_META_CHARS:
-        raise PosterError(f"{where}: '{META_KEY}' metadata of {len(text)} characters is not plausible")
-    try:
-        return ModelMeta.from_dict(json.loads(text))
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
-        raise PosterError(f"{where}: malformed '{META_KEY}' metadata: {str(e)[:300]}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # TorchScript
 
@@ -304,7 +272,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
     """Trace ``model`` with ``torch.jit.trace`` and save it atomically, metadata in the extra files.
 
     The traced module takes [N,3,S,S] float32 (any N) and returns logits [N,C]; it runs without
-    this package (``torch.jit.load``).  ``poster.runtime.TorchScriptBackend`` reads the metadata back.
+    this package (``torch.jit.load``).  ``poster.inference.runtime.TorchScriptBackend`` reads the metadata back.
     """
     _check_fp32(model)
     meta, size = _export_meta(model, meta, input_size)
@@ -376,8 +344,6 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence
 
     Raises ``PosterError`` above ``1e-4 * max(1, max|logits|)`` (see ``tolerance``).
     """
-    from .runtime import OnnxBackend
-
     backend = OnnxBackend(path, providers=["CPUExecutionProvider"], threads=threads)
     return compare_with_torch(model, backend, backend.meta, batch_sizes, seed, what=f"ONNX file {path}")
 
@@ -385,16 +351,5 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence
 def verify_torchscript(model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence[int] = (1, 3),
                        seed: int = 0) -> float:
     """Like ``verify_onnx`` for a file written by ``export_torchscript``."""
-    from .runtime import TorchScriptBackend
-
     backend = TorchScriptBackend(path, device=_model_device(model))
     return compare_with_torch(model, backend, backend.meta, batch_sizes, seed, what=f"TorchScript file {path}")
-
-
-def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", **options: Any) -> Path:
-    """``export_onnx`` or ``export_torchscript`` by ``format``."""
-    if format == "onnx":
-        return export_onnx(model, path, **options)
-    if format == "torchscript":
-        return export_torchscript(model, path, **options)
-    raise PosterError(f"unknown export format {format!r}; choose onnx or torchscript")

@@ -1,0 +1,1 @@
+"""Evaluation: a model over a dataset (``evaluate``), its scores (``metrics``) and figures (``plots``)."""

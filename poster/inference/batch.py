@@ -1,0 +1,393 @@
+"""Predict over many sources into a results file: what ``poster predict`` runs, and what a server can run.
+
+::
+
+    from poster.inference.batch import BatchOptions, open_run_folder, run_batch
+
+    rec = poster.Recognizer.from_checkpoint("rafdb_best.pth")
+    with open_run_folder("runs/predict") as run:          # fresh folder (DIR, DIR2, ...), locked
+        summary = run_batch(rec, ["photos/", "clip.mp4"], run.folder, BatchOptions(top_k=3))
+
+Each input (``poster.inference.inputs.expand_inputs``: files, folders, webcams, streams) gives
+records in the results file (``poster.inference.writer.ResultsWriter``): one per face, one with
+``num_faces: 0`` for a picture without a face, one with an ``error`` for an input that could not
+be read; annotated copies go to ``annotated/`` (links planted there are never followed).  Under
+``torchrun`` each process takes every ``world_size``-th input (``Shard``) and rank 0 merges the
+parts.  Nothing is printed: what happens is told to a ``BatchListener`` (the CLI prints it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+
+from ..errors import PosterError
+from ..fileio import atomic_write_bytes, claim_run_folder, safe_mkdirs, safe_subfolder
+from ..runlock import RunLock
+from ..textsafe import printable
+from .drawing import annotate
+from .inputs import RUN_MARKER, BatchInput, expand_inputs
+from .results import ImageResult
+from .video import VideoSink
+from .writer import ResultsWriter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder", "open_run_folder", "run_batch"]
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # annotated copies keep these, others become .png
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a batch job does with each input: ``fmt`` of the results file (``"jsonl"`` or ``"csv"``),
+    ``top_k`` classes per record and annotation, ``annotate`` (write annotated copies), and for
+    videos ``every_n`` (one frame in N), ``smoothing`` (EMA factor) and ``max_frames``."""
+
+    fmt: str = "jsonl"
+    top_k: int = 3
+    annotate: bool = True
+    every_n: int = 1
+    smoothing: float | None = None
+    max_frames: int | None = None
+
+
+@dataclass
+class BatchSummary:
+    images: int = 0
+    images_without_face: int = 0
+    videos: int = 0
+    frames: int = 0
+    frames_failed: int = 0
+    faces: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    annotated: bool = False  # whether any annotated copy was written
+    interrupted: bool = False
+
+    @property
+    def processed(self) -> int:
+        return self.images + self.frames
+
+
+class BatchListener:
+    """Told what a batch job does, as it does it (the default says nothing).  ``note``: a line about
+    an input (``problem``: it was unreadable or skipped, rather than processed)."""
+
+    def image(self, result: ImageResult) -> None:
+        pass
+
+    def note(self, text: str, problem: bool = False) -> None:
+        pass
+
+
+@dataclass
+class Shard:
+    """This process's share of a ``torchrun`` launch: every ``world_size``-th input, starting at ``rank``.
+
+    Each rank writes ``results.rank<r>.<fmt>``; when all are done, rank 0 merges them into
+    ``results.<fmt>`` (rank order, one CSV header) and removes the parts.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "auto"
+
+    @classmethod
+    def from_environment(cls, device: str) -> "Shard":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(device=device)
+        import torch
+
+        from ..train.distributed import init_distributed
+
+        use_cuda = device == "auto" and torch.cuda.is_available() or str(device).startswith("cuda")
+        info = init_distributed("cuda" if use_cuda else "cpu")
+        return cls(info.rank, info.world_size, f"cuda:{info.local_rank}" if use_cuda else device)
+
+    def results_name(self, fmt: str) -> str:
+        return f"results.{fmt}" if self.world_size == 1 else f"results.rank{self.rank}.{fmt}"
+
+    def share(self, make: Callable[[], Any]) -> Any:
+        """``make()`` run on rank 0 only, its value handed to every rank (one output folder for all)."""
+        if self.world_size == 1:
+            return make()
+        import torch.distributed as dist
+
+        box = [make() if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def take(self, items: Iterator[BatchInput]) -> Iterator[BatchInput]:
+        return (item for i, item in enumerate(items) if i % self.world_size == self.rank)
+
+    def merge(self, part: Path, final: Path, fmt: str) -> Path:
+        if self.world_size == 1:
+            return part
+        import torch.distributed as dist
+
+        dist.barrier()
+        if self.rank == 0:
+            parts = [final.with_name(f"results.rank{r}.{fmt}") for r in range(self.world_size)]
+            lines: list[str] = []
+            for i, path in enumerate(parts):
+                text = path.read_text(encoding="utf-8").splitlines(keepends=True)
+                lines.extend(text[1:] if fmt == "csv" and i > 0 else text)
+            atomic_write_bytes(final, "".join(lines).encode("utf-8"))
+            for path in parts:
+                path.unlink()
+        dist.barrier()
+        dist.destroy_process_group()
+        return final
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+@dataclass
+class RunFolder:
+    """A claimed output folder, locked (on rank 0) until ``close``."""
+
+    folder: Path
+    shard: Shard
+    lock: RunLock | None = None
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _claim(requested: str, exist_ok: bool) -> Path:
+    try:
+        return claim_run_folder(requested, exist_ok=exist_ok)
+    except OSError as exc:
+        where = printable(exc.filename or requested)
+        raise PosterError(f"cannot use output folder {where}: {exc.strerror or exc}") from None
+
+
+def _lock_and_clear(folder: Path, results_name: str) -> RunLock:
+    """Lock the run folder and clear what an earlier run in it left under the names this run
+    writes: a killed run must not leave the previous results.  Links are refused, never followed."""
+    lock = RunLock(folder, "poster predict").acquire()
+    for name in (results_name, results_name + ".partial", "annotated"):
+        entry = folder / name
+        if entry.is_symlink():
+            lock.release()
+            raise PosterError(f"{printable(entry)} is a symbolic link: refusing to write through it "
+                              "(remove it or choose another output folder)")
+    (folder / results_name).unlink(missing_ok=True)
+    return lock
+
+
+def open_run_folder(requested: str | os.PathLike, exist_ok: bool = False, fmt: str = "jsonl",
+                    shard: Shard | None = None) -> RunFolder:
+    """A fresh run folder (``DIR``, ``DIR2``, ... the first one missing or empty) or, with
+    ``exist_ok``, ``DIR`` itself; refused (``PosterError``) when it is a file, a link, not writable
+    or locked by another run.  Under ``torchrun`` rank 0 claims it for every rank."""
+    shard = shard or Shard()
+    folder = Path(shard.share(lambda: str(_claim(str(requested), exist_ok))))
+    results_name = shard.results_name(fmt)
+    if shard.rank != 0:
+        (folder / results_name).unlink(missing_ok=True)
+        return RunFolder(folder, shard)
+    return RunFolder(folder, shard, _lock_and_clear(folder, results_name))
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+
+def _unique(path: Path, used: set[Path]) -> Path:
+    candidate, n = path, 1
+    while candidate in used:
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+class _Job:
+    """One batch run: where its records and annotated copies go, and what it has counted."""
+
+    def __init__(self, recognizer: Any, folder: Path, options: BatchOptions, writer: ResultsWriter,
+                 listener: BatchListener) -> None:
+        self.rec = recognizer
+        self.options = options
+        self.writer = writer
+        self.listener = listener
+        self.annotated_dir = folder / "annotated"
+        self.summary = BatchSummary()
+        self.used: set[Path] = set()
+
+    def _annotated_name(self, rel: Path) -> Path:
+        """A name under ``annotated/`` that this run has not used yet."""
+        self.summary.annotated = True
+        return _unique(self.annotated_dir / rel, self.used)
+
+    def _safe_target(self, out: Path) -> Path:
+        """``out``'s folders created under ``annotated/`` without following links planted there."""
+        safe_mkdirs(self.annotated_dir)
+        folder = safe_subfolder(self.annotated_dir, out.parent.relative_to(self.annotated_dir))
+        return folder / out.name
+
+    def unreadable(self, source: str, error: str, message: str) -> None:
+        self.listener.note(message, problem=True)
+        self.summary.unreadable.append(source)
+        self.writer.write(source, None, None, error=error)
+
+    def images(self, items: Iterable[BatchInput]) -> None:
+        rel_of: dict[str, Path | None] = {}
+
+        def named() -> Iterator[tuple[str, Path]]:
+            for item in items:
+                rel_of[str(item.target)] = item.rel
+                yield str(item.target), Path(item.target)
+
+        for result in self.rec.predict_many(named(), keep_images=self.options.annotate):
+            rel = rel_of.pop(result.source, None)
+            if result.error is not None:
+                self.unreadable(result.source, result.error, f"skipped unreadable file: {printable(result.error)}")
+                continue
+            self.summary.images += 1
+            self.summary.faces += len(result.faces)
+            if not result.faces:
+                self.summary.images_without_face += 1
+                self.writer.write(result.source, None, None, "no face found")
+            for face in result.faces:
+                self.writer.write(result.source, None, face)
+            self.listener.image(result)
+            if self.options.annotate and result.image is not None:
+                self._save_picture(result, rel or Path(Path(result.source).name))
+
+    def _save_picture(self, result: ImageResult, rel: Path) -> None:
+        picture = annotate(result.image, result, self.options.top_k, self.rec.class_names)
+        if rel.suffix.lower() not in _IMAGE_SUFFIXES:
+            rel = rel.with_suffix(".png")
+        out = self._annotated_name(rel)
+        ok, data = cv2.imencode(out.suffix.lower(), picture)
+        if ok:
+            atomic_write_bytes(self._safe_target(out), data.tobytes())
+
+    def video(self, item: BatchInput) -> None:
+        options = self.options
+        try:
+            video = self.rec.predict_video(item.target, every_n=options.every_n, smoothing=options.smoothing,
+                                           keep_images=options.annotate, max_frames=options.max_frames)
+        except PosterError as exc:
+            self.unreadable(str(item.target), str(exc), f"skipped unreadable video: {printable(exc)}")
+            return
+        sink = None
+        if options.annotate:
+            rel = (item.rel or Path(f"{video.source}.mp4")).with_suffix(".mp4")
+            fps = (video.fps or 25.0) / max(1, options.every_n)
+            sink = VideoSink(self._safe_target(self._annotated_name(rel)), fps=fps)
+        log.info("%s: video %s fps, %s frames", printable(video.source), round(video.fps, 2) or "?",
+                 video.reader.frame_count or "?")
+        frames, faces = self._video_frames(video, sink)
+        if frames == 0:
+            self.unreadable(video.source, "no frame could be decoded",
+                            f"skipped unreadable video: no frame could be decoded from {printable(video.source)}")
+            if sink is not None:
+                sink.abort()
+            return
+        self.summary.videos += 1
+        written = sink.close() if sink is not None else None
+        failed = f", {video.frames_failed} undecodable frames skipped" if video.frames_failed else ""
+        self.listener.note(f"{printable(video.source)}: {frames} frames, {faces} faces{failed}"
+                           + (f" -> {printable(written)}" if written else ""))
+
+    def _video_frames(self, video: Any, sink: VideoSink | None) -> tuple[int, int]:
+        """Records (and annotated frames) of every frame; the number of frames and of faces."""
+        frames = faces = 0
+        stream = iter(video)
+        try:
+            for result in stream:
+                frames += 1
+                faces += len(result.faces)
+                if not result.faces:
+                    self.writer.write(result.source, result.frame, None, "no face found")
+                for face in result.faces:
+                    self.writer.write(result.source, result.frame, face)
+                if sink is not None and result.image is not None:
+                    sink.write(annotate(result.image, result, self.options.top_k, self.rec.class_names,
+                                        extend_canvas=False))
+        except BaseException:
+            if sink is not None:
+                written = sink.close()  # keep what was annotated so far (e.g. webcam stopped with Ctrl-C)
+                if written:
+                    self.listener.note(f"annotated video (partial): {printable(written)}")
+            raise
+        finally:
+            stream.close()
+            video.close()
+            self.summary.frames += frames
+            self.summary.faces += faces
+            self.summary.frames_failed += video.frames_failed
+        return frames, faces
+
+    def other(self, item: BatchInput) -> None:
+        where = printable(item.target)
+        if item.kind == "skip":
+            self.listener.note(f"note: skipped (not an image or video): {where}", problem=True)
+            self.summary.skipped.append(str(item.target))
+        elif item.kind == "run-folder":
+            self.listener.note(f"note: skipped the output folder of a poster predict run: {where}", problem=True)
+        elif item.kind == "special":
+            self.unreadable(str(item.target), "not a regular file",
+                            f"skipped: not a regular file (FIFO, device or socket; never opened): {where}")
+        else:
+            self.unreadable(str(item.target), "no such file or folder",
+                            f"skipped missing input: {where} (no such file or folder)")
+
+
+def _kind(item: BatchInput) -> str:
+    return item.kind if item.kind in ("image", "video") else "other"
+
+
+def run_batch(recognizer: Any, inputs: Iterable[str], folder: str | os.PathLike, options: BatchOptions = BatchOptions(),
+              shard: Shard | None = None, listener: BatchListener | None = None) -> tuple[BatchSummary, Path]:
+    """Predict every input (paths, folders, webcams, stream URLs) with ``recognizer`` into
+    ``folder`` (a run folder, see ``open_run_folder``): the results file and ``annotated/``.
+
+    Consecutive images share model batches; unreadable inputs are recorded and counted, never
+    raised.  Ctrl-C stops the run keeping the results so far (``summary.interrupted``).  Returns
+    the summary and the path of the results file."""
+    folder, shard = Path(folder), shard or Shard()
+    listener = listener or BatchListener()
+    marker = folder / RUN_MARKER
+    if shard.rank == 0 and not marker.exists():
+        atomic_write_bytes(marker, b"poster predict output folder: folder inputs never read it\n")
+    writer = ResultsWriter(folder / shard.results_name(options.fmt), options.fmt, recognizer.class_names,
+                           options.top_k)
+    job = _Job(recognizer, folder, options, writer, listener)
+    try:
+        items = shard.take(expand_inputs(list(inputs), exclude={folder.resolve()}))
+        for kind, group in itertools.groupby(items, key=_kind):
+            if kind == "image":
+                job.images(group)
+            else:
+                for item in group:
+                    if kind == "video":
+                        job.video(item)
+                    else:
+                        job.other(item)
+    except KeyboardInterrupt:
+        job.summary.interrupted = True
+    finally:
+        results_path = shard.merge(writer.close(), folder / f"results.{options.fmt}", options.fmt)
+    return job.summary, results_path

@@ -1,0 +1,382 @@
+"""Expression recognition in the wild: the Python API.
+
+::
+
+    from poster import Recognizer
+
+    rec = Recognizer.from_checkpoint("rafdb_best.pth", device="cuda")  # or a loaded model (with .meta)
+    result = rec.predict("photo.jpg")                         # path, PIL image or numpy array
+    for face in result.faces:
+        print(face.box, face.label, face.confidence, face.top_k(3))
+
+    rec.predict(frame, color="BGR")                           # colour numpy arrays must say their order
+    for r in rec.predict_many(paths): ...                      # faces of many images batched together
+    for r in rec.predict_video("clip.mp4", smoothing=0.6): ... # one ImageResult per frame
+
+    backend, meta = poster.inference.runtime.load_backend("rafdb.onnx")
+    rec = Recognizer(backend, meta)                           # any callable batch -> logits
+
+What happens to an image: it is decoded to BGR; the detector (``"yunet"`` by default, ``"none"``
+for images that are already aligned face crops, or any object with ``detect(image_bgr)``) finds
+the faces and their 5 landmarks; each face is aligned to the canonical template
+(``poster.face.align``; a 100x100 crop by default, like RAF-DB's aligned images) — with
+``detector="none"`` the whole image is used untouched; the crop is put in the checkpoint's channel
+order and goes through exactly the checkpoint's evaluation transform
+(``EvalTransform(model.meta.input)``: PIL bilinear resize, /255, normalise); the model's logits
+become probabilities with a softmax.
+
+Colour numpy arrays carry no channel order of their own: ``cv2.imread`` and video frames are BGR,
+PIL / imageio / matplotlib arrays are RGB, and a wrong guess still gives plausible but different
+probabilities.  So a 3- or 4-channel array must come with ``color="BGR"`` or ``color="RGB"``
+(``ColorOrderError`` otherwise); paths, encoded bytes, PIL images and grey 2-D arrays need none.
+
+Decoding, detection and preprocessing run in a background thread while the model works on the
+previous batch (``prefetch``), and faces from several images or frames share a batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.transforms import EvalTransform, decode_image_bytes, to_uint8_array
+from ..device import resolve_device
+from ..errors import CheckpointError, DatasetError, PosterError
+from ..face.align import DEFAULT_CROP_SIZE, face_crop
+from ..face.detect import Face, FaceDetector, build_detector
+from ..meta import ModelMeta, check_channel_order
+from .accelerate import PRECISIONS, native_bf16, prepare_inference
+from .prefetch import prefetched
+from .results import ImageResult, face_result
+from .runtime import TorchBackend
+from .video import VideoPrediction
+
+__all__ = ["Recognizer", "default_checkpoint"]
+
+Backend = Callable[[torch.Tensor], Any]
+
+
+def default_checkpoint() -> str:
+    """Path of the model bundled with the package (used when no checkpoint is given): the compact
+    FER2013-trained ``poster_v1_tiny.fer2013`` (docs/results.md), not an official POSTER release."""
+    from ..pretrained import bundled_model_path
+
+    return str(bundled_model_path())
+
+
+@dataclass
+class _Job:
+    source: str
+    frame: int | None
+    image: np.ndarray | None = None  # BGR
+    faces: list[Face] = field(default_factory=list)
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    probs: list[np.ndarray | None] = field(default_factory=list)
+    error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return all(p is not None for p in self.probs)
+
+
+def _describe(item: Any, position: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    if isinstance(item, Image.Image):
+        name = getattr(item, "filename", "") or ""
+        return str(name) if name else f"<PIL image #{position}>"
+    if isinstance(item, np.ndarray):
+        return f"<array #{position}>"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return f"<bytes #{position}>"
+    return f"<{type(item).__name__} #{position}>"
+
+
+def _load_model(checkpoint_or_model: str | os.PathLike | torch.nn.Module | None) -> tuple[torch.nn.Module, str]:
+    """The model and the name it is known by (file, release or class name)."""
+    if isinstance(checkpoint_or_model, torch.nn.Module):
+        model = checkpoint_or_model
+        return model, getattr(getattr(model, "meta", None), "source", "") or type(model).__name__
+    from ..checkpoint.loading import load_model
+
+    checkpoint = checkpoint_or_model if checkpoint_or_model is not None else default_checkpoint()
+    return load_model(checkpoint, device="cpu"), str(checkpoint)
+
+
+class Recognizer:
+    """Find faces, align them and recognise their expression with a POSTER model.
+
+    ``backend``: a callable taking a float32 batch ``[B, 3, S, S]`` (CPU tensor) and returning the
+    logits ``[B, num_classes]`` (tensor or array): a ``poster.inference.runtime`` backend (PyTorch,
+    ONNX Runtime, TorchScript) or any function.  ``meta``: the ``poster.ModelMeta`` of its weights
+    (class names, channel order, normalisation).  ``Recognizer.from_checkpoint`` builds both from a
+    weights file, a release name or a model.
+
+    ``detector``: ``"yunet"`` (bundled, offline), ``"none"`` (the whole image is one already aligned
+    face) or an object with ``detect(image_bgr) -> list[Face]``; ``detector_options`` go to a
+    detector built by name (e.g. ``{"score_threshold": 0.7}``).  ``device``: where the backend runs
+    (reported; the backend itself decides).  ``min_face``: faces whose box is smaller (in pixels,
+    smaller side) are ignored.  ``crop_size``: side of the aligned crop before the evaluation
+    transform resizes it (100 = RAF-DB's aligned faces; ``None``: the model's input size).
+    With ``meta=None`` the first argument is a checkpoint instead (a weights file, a release name,
+    a model with ``.meta``, or ``None`` for the bundled model) and is loaded as
+    ``Recognizer.from_checkpoint`` does (``precision``, ``compile``, ``fast`` accepted too):
+    ``Recognizer()`` and ``Recognizer("rafdb_best.pth")`` work as they always have.
+
+    ``template``: another 5x2 alignment template.  ``grayscale``: turn each crop grey (3 equal
+    channels) before the transform, for models trained on grey faces such as FER2013's; ``None``
+    (default): as ``meta.input.grayscale`` says.  ``prefetch``: decode/detect in a background
+    thread while the model runs.  ``name``: how errors and ``repr`` name the weights (default
+    ``meta.source``).
+    """
+
+    def __init__(self, backend: Backend | str | os.PathLike | torch.nn.Module | None = None,
+                 meta: ModelMeta | None = None, detector: str | FaceDetector | None = "yunet", *,
+                 device: str | torch.device = "cpu", batch_size: int = 32, min_face: float = 0.0,
+                 crop_size: int | None = DEFAULT_CROP_SIZE, template: np.ndarray | None = None,
+                 detector_options: dict[str, Any] | None = None, prefetch: bool = True,
+                 grayscale: bool | None = None, name: str | None = None, **checkpoint_options: Any) -> None:
+        if meta is None:
+            # Shorthand kept for the first contact: Recognizer() is the bundled model, Recognizer(path)
+            # a weights file or release name, exactly as Recognizer.from_checkpoint builds them.
+            built = Recognizer.from_checkpoint(backend, device, detector, batch_size=batch_size, min_face=min_face,
+                                               crop_size=crop_size, template=template, prefetch=prefetch,
+                                               detector_options=detector_options, grayscale=grayscale,
+                                               **checkpoint_options)
+            self.__dict__.update(vars(built))
+            return
+        if checkpoint_options:
+            raise TypeError(f"{sorted(checkpoint_options)} apply to checkpoints; Recognizer(backend, meta) takes none")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(meta, ModelMeta):
+            raise CheckpointError("meta must be a poster.ModelMeta (class names, channel order, normalisation), "
+                                  f"got {type(meta).__name__}")
+        if grayscale is not None:
+            meta = meta.with_input(grayscale=bool(grayscale))
+        self.backend = backend
+        self.meta = meta
+        self.device = resolve_device(device)
+        self.checkpoint = name or meta.source or "<backend>"
+        self.class_names = tuple(meta.class_names)
+        self.grayscale = meta.input.grayscale
+        self.transform = EvalTransform(meta.input)  # applies the grey conversion when it is set
+        self.channel_order = meta.input.channel_order
+        self.detector = build_detector(detector, **(detector_options or {}))
+        self.batch_size = int(batch_size)
+        self.min_face = float(min_face)
+        self.crop_size = int(crop_size) if crop_size is not None else int(meta.input.input_size)
+        self.template = template
+        self.prefetch = bool(prefetch)
+        # set by from_checkpoint: the torch model and how it is run (None: a backend given as is)
+        self.model: torch.nn.Module | None = None
+        self.fast_inference = None
+        self.precision = "fp32"
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_or_model: str | os.PathLike | torch.nn.Module | None = None,
+                        device: str | torch.device = "cpu", detector: str | FaceDetector | None = "yunet", *,
+                        precision: str = "fp32", compile: bool = False, fast: bool = False,
+                        **options: Any) -> "Recognizer":
+        """A recogniser running a PyTorch model: a weights file / release name (``poster.load_model``),
+        a model that carries ``.meta``, or ``None`` for the bundled default model (``default_checkpoint()``).
+
+        ``precision``: ``"fp32"`` (default; the exact function) or ``"bf16"`` (autocast with pre-cast
+        weights, BN folded, channels-last: several times faster on GPUs and on CPUs with bf16
+        instructions such as AMX; probabilities within ~1e-2); ``"auto"``: bf16 where it is native
+        (``poster.inference.accelerate.native_bf16``), else fp32.  ``fast``: in fp32 too, fold the batch
+        norms and use channels-last (within the golden tolerance of the exact function, faster on
+        CPUs; what ``poster predict`` does unless ``--eager``).  ``compile``: ``torch.compile`` the
+        model (frozen weights on CPU; the first batch pays the compile time).  These build the backend
+        with ``poster.inference.accelerate.prepare_inference`` (kept as ``fast_inference``; ``None``
+        when the model runs as written).  ``options`` as for ``Recognizer``."""
+        if precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+        if options.get("batch_size", 1) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {options['batch_size']}")
+        device = resolve_device(device)
+        model, name = _load_model(checkpoint_or_model)
+        meta = getattr(model, "meta", None)
+        if meta is None:
+            raise CheckpointError("the model has no .meta (class names, channel order, normalisation): load it "
+                                  "with poster.load_model, or give a backend and its meta to Recognizer(backend, meta)")
+        model = model.to(device).eval()
+        if precision == "auto":
+            precision = "bf16" if native_bf16(device) else "fp32"
+        fast_inference = None
+        if precision == "bf16" or compile or fast:
+            fast_inference = prepare_inference(model, device, precision, channels_last=precision == "bf16" or fast,
+                                               compile=compile, warmup_batch_sizes=())
+        backend = fast_inference if fast_inference is not None else TorchBackend(model, meta)
+        rec = cls(backend, meta, detector, device=device, name=name, **options)
+        rec.model, rec.fast_inference, rec.precision = model, fast_inference, precision
+        return rec
+
+    # -- model -----------------------------------------------------------------------------------
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """Softmax of the backend's logits for a preprocessed batch, as a float64 [B, C] array."""
+        logits = self.backend(batch)
+        logits = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)
+        logits = logits.detach().float().cpu()
+        if logits.ndim != 2 or logits.shape[0] != batch.shape[0] or logits.shape[1] != len(self.class_names):
+            raise PosterError(f"the backend returned logits of shape {tuple(logits.shape)} for a batch of "
+                              f"{batch.shape[0]}; expected [{batch.shape[0]}, {len(self.class_names)}]")
+        if not torch.isfinite(logits).all():
+            # Never hand NaN probabilities on (they are not valid JSON and poison every average).
+            raise PosterError(f"the model ({self.checkpoint}) produced NaN or infinite outputs; "
+                              "its weights are broken or it does not fit this input")
+        return torch.softmax(logits, dim=1).double().numpy()
+
+    # -- preprocessing ---------------------------------------------------------------------------
+
+    def crops(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """The crop of each face, in the checkpoint's channel order (uint8 HxWx3)."""
+        out = []
+        for face in faces:
+            crop = face_crop(image_bgr, face, self.crop_size, self.template)
+            out.append(np.ascontiguousarray(crop[..., ::-1]) if self.channel_order == "RGB" else crop)
+        return out
+
+    def _decode(self, item: Any, color: str | None) -> np.ndarray:
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return decode_image_bytes(item, "BGR")
+        return to_uint8_array(item, "BGR", assume=color)
+
+    def _prepare(self, source: str, frame: int | None, item: Any, color: str | None) -> _Job:
+        job = _Job(source=source, frame=frame)
+        try:
+            image = self._decode(item, color)
+            faces = [f for f in self.detector.detect(image) if f.size >= self.min_face]
+            tensors = [self.transform(c) for c in self.crops(image, faces)]
+        except (DatasetError, ValueError, TypeError, OSError, cv2.error) as exc:
+            job.error = exc
+            return job
+        job.image, job.faces, job.tensors = image, faces, tensors
+        job.probs = [None] * len(faces)
+        return job
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def _run(self, jobs: Iterator[_Job], keep_images: bool, max_pending: int | None = None) -> Iterator[ImageResult]:
+        """Batch the faces of consecutive jobs through the model; yield results in input order.
+
+        At most ``max_pending`` inputs wait for a batch to fill (default ``2 * batch_size``; 1 for
+        live sources, so that each frame comes out as soon as it is done)."""
+        max_pending = max(1, max_pending if max_pending is not None else 2 * self.batch_size)
+        if self.prefetch:
+            jobs = prefetched(jobs, maxsize=max(2, self.batch_size))
+        pending: deque[_Job] = deque()
+        queued: list[tuple[_Job, int]] = []
+
+        def flush() -> None:
+            if not queued:
+                return
+            batch = torch.stack([job.tensors[i] for job, i in queued])
+            probs = self.probabilities(batch)
+            for (job, i), p in zip(queued, probs):
+                job.probs[i] = p
+                job.tensors[i] = None  # free memory early
+            queued.clear()
+
+        def ready() -> Iterator[ImageResult]:
+            while pending and pending[0].done:
+                yield self._result(pending.popleft(), keep_images)
+
+        try:
+            for job in jobs:
+                pending.append(job)
+                for i in range(len(job.tensors)):
+                    queued.append((job, i))
+                    if len(queued) >= self.batch_size:
+                        flush()
+                        yield from ready()
+                if len(pending) >= max_pending:
+                    flush()
+                if not queued:
+                    yield from ready()
+            flush()
+            yield from ready()
+        finally:
+            close = getattr(jobs, "close", None)
+            if close is not None:
+                close()  # stops the background thread, releases a video source
+
+    def _result(self, job: _Job, keep_image: bool) -> ImageResult:
+        if job.error is not None:
+            return ImageResult(job.source, [], job.frame, error=str(job.error) or type(job.error).__name__)
+        faces = [face_result(f, p, self.class_names, i) for i, (f, p) in enumerate(zip(job.faces, job.probs))]
+        return ImageResult(job.source, faces, job.frame, image=job.image if keep_image else None)
+
+    def predict(self, image: Any, color: str | None = None, keep_image: bool = False) -> ImageResult:
+        """All faces in one image: a path, a PIL image, encoded bytes or a uint8 numpy array (HxW, HxWx3,
+        HxWx4).  ``color``: the channel order of a colour array, "BGR" (OpenCV images and frames) or
+        "RGB" (PIL, imageio, matplotlib); required for 3- and 4-channel arrays (``ColorOrderError``
+        otherwise), ignored for everything else.
+
+        An unreadable image raises ``DatasetError`` (``predict_many`` reports it instead)."""
+        if color is not None:
+            check_channel_order(color, "color")
+        job = self._prepare(_describe(image, 0), None, image, color)
+        if job.error is not None:
+            raise job.error
+        if job.tensors:
+            probs = self.probabilities(torch.stack(job.tensors))
+            job.probs = list(probs)
+        return self._result(job, keep_image)
+
+    __call__ = predict
+
+    def predict_many(self, images: Iterable[Any], color: str | None = None,
+                     keep_images: bool = False) -> Iterator[ImageResult]:
+        """Results for many images, in order, their faces batched together (``batch_size``).
+
+        Items are like ``predict``'s (``color`` as there), or ``(name, image)`` pairs to name arrays.
+        A colour array without ``color`` stops the iteration with ``ColorOrderError``.  An item that cannot
+        be read gives an ``ImageResult`` with ``error`` set and the iteration goes on.  The input is
+        consumed lazily (from a background thread when ``prefetch`` is on): memory stays bounded
+        for any number of images.  Closing the returned iterator early stops the work."""
+        if color is not None:
+            check_channel_order(color, "color")
+
+        def jobs() -> Iterator[_Job]:
+            for position, item in enumerate(images):
+                if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+                    name, item = item
+                else:
+                    name = _describe(item, position)
+                yield self._prepare(name, None, item, color)
+
+        return self._run(jobs(), keep_images)
+
+    def predict_frames(self, source: str, frames: Iterable[tuple[int, np.ndarray]], keep_images: bool = False,
+                       live: bool = False) -> Iterator[ImageResult]:
+        """Results for ``(index, BGR frame)`` pairs of one source, in order, their faces batched
+        together.  ``live`` (webcams, streams): each frame comes out as soon as it is done instead
+        of waiting for a batch to fill.  Closing the returned iterator early stops the work."""
+        jobs = (self._prepare(source, index, frame, "BGR") for index, frame in frames)
+        return self._run(jobs, keep_images, max_pending=1 if live else None)
+
+    def predict_video(self, source: int | str | os.PathLike, every_n: int = 1, smoothing: float | None = None,
+                      keep_images: bool = False, max_frames: int | None = None) -> "VideoPrediction":
+        """Per-frame results of a video file, a webcam (``0``, ``"webcam:0"``) or a stream URL.
+
+        ``every_n``: process one frame in ``every_n``.  ``smoothing``: ``None`` or an EMA factor
+        ``alpha`` in [0, 1): each face is followed across frames (box overlap) and its probabilities
+        become ``alpha * previous + (1 - alpha) * current``.  ``max_frames``: stop after this many
+        processed frames.  Returns an iterable ``VideoPrediction`` (with ``fps``, ``frame_size``,
+        ``frames_read`` and ``frames_failed``: frames that could not be decoded are skipped and
+        counted).  The source is opened at once (``PosterError`` when it cannot be)."""
+        return VideoPrediction(self, source, every_n=every_n, smoothing=smoothing, keep_images=keep_images,
+                               max_frames=max_frames)
+
+    def __repr__(self) -> str:
+        return (f"Recognizer(checkpoint={self.checkpoint!r}, arch={self.meta.arch!r}, device={str(self.device)!r}, "
+                f"detector={self.detector!r}, channel_order={self.channel_order!r}, crop_size={self.crop_size})")
