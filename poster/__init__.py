@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 # public name -> module (relative to this package) that defines it
 _EXPORTS = {
     "create_model": ".models", "list_models": ".models",
-    "load_model": ".checkpoint.loading", "load_backbone_weights": ".checkpoint.loading",
+    "load_model": ".checkpoint.loading", "load_backbone_weights": ".checkpoint.checked",
     "save_checkpoint": ".checkpoint.formats", "export_official": ".checkpoint.formats",
     "read_weight_file": ".checkpoint.formats",
     "InputConfig": ".meta", "ModelMeta": ".meta",

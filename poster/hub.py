@@ -35,7 +35,7 @@ from typing import Iterator
 
 from .errors import CheckpointError, WeightsUnavailable, flag_words, option
 from .fileio import atomic_write_text
-from .pretrained import Release, local_release_file, release_path, weights_dir
+from .pretrained import BUNDLED_RELEASE, RELEASES, Release, bundled_model_path, local_release_file, release_path, weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def _refuse_html(path: Path, release: Release, what: str, fate: str) -> None:
 
 def _check_fits(wf, release: Release) -> None:
     """The strict key/shape check of the model (or backbone) the release is for."""
-    from .checkpoint.loading import load_backbone_weights, load_state_dict_checked
+    from .checkpoint.checked import load_backbone_weights, load_state_dict_checked
     from .models import create_model
 
     if release.kind == "model":
@@ -342,3 +342,19 @@ def _google_routing() -> Iterator[None]:
         yield
     finally:
         requests.session = original
+
+
+def resolve_weights(path_or_name: str | os.PathLike, *, fetch: bool = True) -> Path:
+    """A file path as given, or the file of a release name (fetched on first use unless ``fetch`` is
+    False or ``POSTER_OFFLINE=1``, and checked against its recorded SHA-256); a clear error otherwise."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    if str(path_or_name) == BUNDLED_RELEASE:
+        return bundled_model_path()
+    release = RELEASES.get(str(path_or_name))
+    if release is not None:
+        return ensure_release(release, fetch=fetch)
+    if path.exists():
+        raise CheckpointError(f"{path}: is not a file")
+    raise CheckpointError(f"{path}: no such file (and not a release name: {', '.join([BUNDLED_RELEASE, *RELEASES])})")

@@ -202,21 +202,3 @@ def local_release_file(release: Release) -> Path | None:
             if (folder / file_name).is_file():
                 return folder / file_name
     return None
-
-
-def resolve_weights(path_or_name: str | os.PathLike, *, fetch: bool = True) -> Path:
-    """A file path as given, or the file of a release name (fetched on first use unless ``fetch`` is
-    False or ``POSTER_OFFLINE=1``, and checked against its recorded SHA-256); a clear error otherwise."""
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    if str(path_or_name) == BUNDLED_RELEASE:
-        return bundled_model_path()
-    release = RELEASES.get(str(path_or_name))
-    if release is not None:
-        from .hub import ensure_release  # local import: hub reads the checkpoint modules
-
-        return ensure_release(release, fetch=fetch)
-    if path.exists():
-        raise CheckpointError(f"{path}: is not a file")
-    raise CheckpointError(f"{path}: no such file (and not a release name: {', '.join([BUNDLED_RELEASE, *RELEASES])})")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import poster
-from poster.checkpoint.loading import remap_ir50_for_v2
+from poster.checkpoint.checked import remap_ir50_for_v2
 from golden_fill import fill_state_dict, load_manifest
 
 MANIFEST_MODELS = {

@@ -30,3 +30,53 @@ def test_public_names_load_on_first_use():
     assert set(poster.__all__) <= set(dir(poster))
     with pytest.raises(AttributeError):
         poster.no_such_name  # noqa: B018
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the poster modules it imports, at module level or inside functions (from the source)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "poster"
+
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for candidate in (target, *(f"{target}.{a.name}" for a in node.names)):
+                    if candidate in modules and candidate != module:
+                        graph[module].add(candidate)
+            elif isinstance(node, ast.Import):
+                graph[module] |= {a.name for a in node.names if a.name in modules and a.name != module}
+    return graph
+
+
+def test_no_import_cycles_even_counting_function_local_imports():
+    graph = _import_graph()
+    assert len(graph) > 50 and graph["poster.cli"], "the import graph was not read"
+    visiting, done, cycles = set(), set(), []
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in visiting:
+            cycles.append(trail[trail.index(module):] + [module])
+            return
+        if module in done:
+            return
+        visiting.add(module)
+        for target in sorted(graph[module]):
+            if target != "poster":  # the lazy package root imports nothing at load time
+                visit(target, trail + [module])
+        visiting.discard(module)
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not cycles, cycles[:3]

@@ -17,15 +17,17 @@ from torch import nn
 
 from ..data.labels import DATASET_CLASSES
 from ..errors import CheckpointError, option
+from ..hub import resolve_weights
 from ..meta import MAX_CLASSES, InputConfig, ModelMeta
 from ..models import create_model, list_models
 from ..models.poster_v1 import DEPTHS
+from ..pretrained import RELEASES
+from .checked import load_state_dict_checked
 from .formats import WeightFile, read_weight_file
 
 log = logging.getLogger(__name__)
 
 _DEPTH_TO_SIZE = {depth: size for size, depth in DEPTHS.items()}
-_V2_STAGE_OF_UNIT = [("body1", 3), ("body2", 4), ("body3", 14)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,47 +78,6 @@ def release_meta(arch: str, options: Mapping[str, Any], dataset: str | None, sou
 
 # ---------------------------------------------------------------------------------------------
 # Checked loading
-
-
-def _mismatch_report(missing, unexpected, shapes, limit: int = 12) -> str:
-    parts = []
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if items:
-            shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-            parts.append(f"{len(items)} {title}: {shown}")
-    return "; ".join(parts)
-
-
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "",
-                            allow_missing: tuple[str, ...] = ("relative_position_index",)) -> None:
-    """Strict load that lists every missing/unexpected/mis-shaped key in one error.
-
-    ``relative_position_index`` buffers may be absent (they are a pure function of the window
-    size and are regenerated), but when present they must equal the regenerated value.
-    """
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith(allow_missing)]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: "
-                              + _mismatch_report(missing, unexpected, shapes))
-    refuse_non_finite(state_dict, source)
-    for k in own:
-        if k.endswith("relative_position_index") and k in state_dict and not torch.equal(state_dict[k].cpu(), own[k].cpu()):
-            raise CheckpointError(f"{source}: {k} differs from the standard relative-position index")
-    model.load_state_dict({k: v for k, v in state_dict.items()}, strict=False)
-
-
-def refuse_non_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """A NaN or infinite weight makes every prediction NaN: refuse the file, saying how many."""
-    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state_dict.items() if v.is_floating_point()}
-    bad = {k: n for k, n in bad.items() if n}
-    if bad:
-        worst = ", ".join(f"{k} ({n})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1])[:5])
-        raise CheckpointError(f"{source}: {sum(bad.values())} weights are NaN or infinite, in {len(bad)} "
-                              f"tensor(s): {worst}")
 
 
 def _head_rows(state_dict: Mapping[str, torch.Tensor]) -> int | None:
@@ -208,8 +169,6 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     on first use (``poster.pretrained``, ``poster.hub``).  For an anonymous file, ``dataset`` names
     the class order when its keys cannot tell (7-class V2: RAF-DB or AffectNet-7).
     """
-    from ..pretrained import RELEASES, resolve_weights  # local import: pretrained imports this module
-
     path = resolve_weights(path_or_name)
     release = RELEASES.get(str(path_or_name)) if not Path(path_or_name).is_file() else None
     if release is not None and dataset is not None and dataset != release.dataset:
@@ -221,51 +180,3 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     else:
         model = model_from_weight_file(wf, dataset=dataset, channel_order=channel_order)
     return model.to(device).eval()
-
-
-def remap_ir50_for_v2(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``body.0-2/3-6/7-20`` -> ``body1.0-2/body2.0-3/body3.0-13`` (docs/faithfulness.md#ir-50-trunk)."""
-    offsets, start = {}, 0
-    for stage, count in _V2_STAGE_OF_UNIT:
-        for j in range(count):
-            offsets[start + j] = (stage, j)
-        start += count
-    out = {}
-    for k, v in state_dict.items():
-        m = re.match(r"body\.(\d+)\.(.*)", k)
-        if m and int(m.group(1)) in offsets:
-            stage, j = offsets[int(m.group(1))]
-            out[f"{stage}.{j}.{m.group(2)}"] = v
-        else:
-            out[k] = v
-    return out
-
-
-def load_backbone_weights(model: nn.Module, ir50: str | os.PathLike | None = None,
-                          landmark: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Initialise a fresh POSTER model's backbones from the official pretrained files.
-
-    ``ir50``: a face.evoLVe IR-50 state dict; entries POSTER does not have (the 4th stage
-    ``body.21-23``) are dropped and reported, ``body.N`` is renamed for V2.
-    ``landmark``: ``mobilefacenet_model_best.pth.tar`` (``{'state_dict': ...}``), loaded strictly.
-    Returns a report ``{'ir50': {'loaded': n, 'dropped': [...]}, 'landmark': {'loaded': n}}``.
-    """
-    report: dict[str, Any] = {}
-    if ir50 is not None:
-        wf = read_weight_file(ir50)
-        sd = dict(wf.state_dict)
-        trunk = model.ir_back
-        if getattr(trunk, "split_stages", False) and any(k.startswith("body.") for k in sd):
-            sd = remap_ir50_for_v2(sd)
-        own = trunk.state_dict()
-        dropped = sorted(k for k in sd if k not in own)
-        kept = {k: v for k, v in sd.items() if k in own}
-        load_state_dict_checked(trunk, kept, str(ir50))
-        report["ir50"] = {"loaded": len(kept), "dropped": dropped}
-        if dropped:
-            log.info("%s: dropped %d entries POSTER does not use (%s...)", ir50, len(dropped), dropped[:3])
-    if landmark is not None:
-        wf = read_weight_file(landmark)
-        load_state_dict_checked(model.face_landback, wf.state_dict, str(landmark))
-        report["landmark"] = {"loaded": len(wf.state_dict)}
-    return report

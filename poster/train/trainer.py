@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint.formats import read_weight_file, save_checkpoint
-from ..checkpoint.loading import load_backbone_weights, load_state_dict_checked
+from ..checkpoint.checked import load_backbone_weights, load_state_dict_checked
 from ..data import EvalTransform
 from ..device import resolve_device
 from ..errors import PosterError, TrainingDiverged, option
