@@ -287,10 +287,11 @@ def _train_reference(model: nn.Module, recipe: Recipe, records, plan: _Plan, wor
     return out
 
 
-def _train_fast(model: nn.Module, recipe: Recipe, records, plan: _Plan, o: BenchmarkOptions,
-                mem: _Memory) -> dict[str, Any]:
+def _fast_batches(records, recipe: Recipe, plan: _Plan, o: BenchmarkOptions,
+                  out: dict[str, Any]) -> tuple[CachedBatches, list[torch.Tensor]]:
+    """Build the uint8 cache (timed into ``out``) and the on-device batcher, with the epoch's
+    index chunks of ``plan.train_batch``."""
     device = plan.device
-    out: dict[str, Any] = {}
     start = time.perf_counter()
     cache = build_uint8_cache(records, recipe.channel_order, path=None, workers=o.cache_workers)
     out["cache_build_seconds"] = time.perf_counter() - start
@@ -303,45 +304,63 @@ def _train_fast(model: nn.Module, recipe: Recipe, records, plan: _Plan, o: Bench
     indices = torch.as_tensor(list(order), dtype=torch.long)
     chunks = [indices[i:i + plan.train_batch] for i in range(0, len(indices) - plan.train_batch + 1,
                                                                plan.train_batch)]
-    # the input pipeline alone: gather + augment + normalise, on the device
-    batches.batch(chunks[0])
-    synchronize(device)
+    return batches, chunks
+
+
+def _fast_pipeline_images_per_s(batches: CachedBatches, chunks: list[torch.Tensor], plan: _Plan) -> float:
+    """The input pipeline alone: gather + augment + normalise, on the device."""
+    batches.batch(chunks[0])  # warm-up, untimed
+    synchronize(plan.device)
     reps = max(3, len(chunks))
     start = time.perf_counter()
     for i in range(reps):
         batches.batch(chunks[i % len(chunks)])
+    synchronize(plan.device)
+    return reps * plan.train_batch / (time.perf_counter() - start)
+
+
+def _fast_sam_steps(runner: nn.Module, optimizer, loss_fn, batches: CachedBatches, chunks: list[torch.Tensor],
+                    plan: _Plan, out: dict[str, Any]) -> tuple[int, float]:
+    """SAM steps over ``chunks``; the first ``plan.warmup`` are untimed.  Records the first step's
+    seconds in ``out`` and returns (timed steps, their seconds)."""
+    device = plan.device
+    fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+    t0 = None
+    steps = 0
+    for i, chunk in enumerate(chunks):
+        if i == plan.warmup:
+            synchronize(device)
+            t0 = time.perf_counter()
+        first = time.perf_counter()
+        x, y = batches.batch(chunk)
+        sam_train_step(runner, optimizer, loss_fn, x.contiguous(memory_format=fmt), y, bf16=plan.bf16)
+        if i == 0:
+            synchronize(device)
+            out["first_step_seconds"] = time.perf_counter() - first
+        if t0 is not None:
+            steps += 1
     synchronize(device)
-    out["pipeline_images_per_s"] = reps * plan.train_batch / (time.perf_counter() - start)
+    return steps, (time.perf_counter() - t0 if t0 is not None else float("nan"))
+
+
+def _train_fast(model: nn.Module, recipe: Recipe, records, plan: _Plan, o: BenchmarkOptions,
+                mem: _Memory) -> dict[str, Any]:
+    device = plan.device
+    out: dict[str, Any] = {}
+    batches, chunks = _fast_batches(records, recipe, plan, o, out)
+    out["pipeline_images_per_s"] = _fast_pipeline_images_per_s(batches, chunks, plan)
 
     model.train()
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    runner: nn.Module = model
-    if o.compile:
-        runner = torch.compile(model)
+    runner: nn.Module = torch.compile(model) if o.compile else model
     optimizer = build_optimizer(model, recipe, fused=device.type == "cuda")
     loss_fn = build_loss(recipe.loss)
-    fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
     old_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda"
     mem.reset()
     try:
-        t0 = None
-        steps = 0
-        for i, chunk in enumerate(chunks):
-            if i == plan.warmup:
-                synchronize(device)
-                t0 = time.perf_counter()
-            first = time.perf_counter()
-            x, y = batches.batch(chunk)
-            sam_train_step(runner, optimizer, loss_fn, x.contiguous(memory_format=fmt), y, bf16=plan.bf16)
-            if i == 0:
-                synchronize(device)
-                out["first_step_seconds"] = time.perf_counter() - first
-            if t0 is not None:
-                steps += 1
-        synchronize(device)
-        elapsed = time.perf_counter() - t0 if t0 is not None else float("nan")
+        steps, elapsed = _fast_sam_steps(runner, optimizer, loss_fn, batches, chunks, plan, out)
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
     out["train_images_per_s"] = steps * plan.train_batch / elapsed
@@ -469,13 +488,9 @@ def _cpu_batch1(model: nn.Module, plan: _Plan, o: BenchmarkOptions, tmp: Path) -
 
 
 # --------------------------------------------------------------------------- driver
-def run_benchmark(o: BenchmarkOptions) -> dict[str, Any]:
-    """Run both paths; returns the report (also written to ``o.json_path`` when given)."""
-    device = resolve_device(o.device)
-    recipe = recipe_for(o.model)
-    plan = _plan(o, device, recipe)
-    mem = _Memory(device)
-    report: dict[str, Any] = {
+def _report_skeleton(o: BenchmarkOptions, device: torch.device, recipe: Recipe, plan: _Plan) -> dict[str, Any]:
+    """The report before any measurement: what runs where, and how."""
+    return {
         "meta": {
             "model": o.model, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
@@ -486,6 +501,7 @@ def run_benchmark(o: BenchmarkOptions) -> dict[str, Any]:
             "inference_batch_sizes": list(plan.batch_sizes), "quick": o.quick, "images": plan.images,
             "fast_precision": "bf16" if plan.bf16 else "fp32", "fast_channels_last": plan.channels_last,
             "compile": o.compile, "reference_workers": o.workers, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "section_seconds": {},
         },
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
         "reference": {"description": "eager fp32, per-image CPU transforms at 224 (PIL), DataLoader with "
@@ -496,51 +512,56 @@ def run_benchmark(o: BenchmarkOptions) -> dict[str, Any]:
                                 f"{', torch.compile' if o.compile else ''}, BN folded for inference"},
         "errors": {},
     }
-    sections: dict[str, float] = {}
-    report["meta"]["section_seconds"] = sections
-    t_start = time.perf_counter()
-    torch.manual_seed(o.seed)
-    base = create_model(o.model)
+
+
+def _synthetic_records(folder: Path, plan: _Plan, seed: int, num_classes: int) -> list[tuple[str, int]]:
+    """``plan.images`` (path, label) records over at most 256 distinct synthetic JPEGs: enough
+    variety for decoding to cost what it costs, without writing thousands of files."""
+    unique = min(plan.images, 256)
+    paths = make_synthetic_jpegs(folder, unique, seed=seed)
+    rng = np.random.default_rng(seed)
+    return [(str(paths[i % unique]), int(rng.integers(0, num_classes))) for i in range(plan.images)]
+
+
+def _measure_sections(o: BenchmarkOptions, recipe: Recipe, plan: _Plan, report: dict[str, Any],
+                      base: nn.Module, tmp: Path, t_start: float) -> None:
+    """Training (both paths from the same initial weights), inference and the CPU comparison,
+    filling ``report`` and its per-section seconds."""
+    device, mem = plan.device, _Memory(plan.device)
+    sections = report["meta"]["section_seconds"]
     initial = copy.deepcopy(base.state_dict())
-    with tempfile.TemporaryDirectory(prefix="poster-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        unique = min(plan.images, 256)
-        paths = make_synthetic_jpegs(tmp / "images", unique, seed=o.seed)
-        rng = np.random.default_rng(o.seed)
-        records = [(str(paths[i % unique]), int(rng.integers(0, base.num_classes))) for i in range(plan.images)]
+    records = _synthetic_records(tmp / "images", plan, o.seed, base.num_classes)
+    sections["setup"] = time.perf_counter() - t_start
 
-        sections["setup"] = time.perf_counter() - t_start
+    log.info("benchmark %s on %s: reference training (%d steps + %d warm-up, batch %d)", o.model, device,
+             plan.steps, plan.warmup, plan.train_batch)
+    t = time.perf_counter()
+    report["reference"].update(_train_reference(copy.deepcopy(base).to(device), recipe, records, plan,
+                                                o.workers, mem))
+    sections["reference_training"] = time.perf_counter() - t
+    log.info("fast training")
+    t = time.perf_counter()
+    report["fast"].update(_train_fast(copy.deepcopy(base).to(device), recipe, records, plan, o, mem))
+    sections["fast_training"] = time.perf_counter() - t
 
-        log.info("benchmark %s on %s: reference training (%d steps + %d warm-up, batch %d)", o.model, device,
-                 plan.steps, plan.warmup, plan.train_batch)
+    log.info("inference at batch sizes %s", list(plan.batch_sizes))
+    t = time.perf_counter()
+    base.load_state_dict(initial)
+    model = base.to(device)
+    ref_inf, fast_inf, extra = _inference(model, plan, o, mem)
+    report["reference"].update(ref_inf)
+    report["fast"].update(fast_inf)
+    report["errors"].update(extra)
+    sections["inference"] = time.perf_counter() - t
+    if o.cpu_compare:
+        log.info("CPU batch-1 comparison (%d threads)", torch.get_num_threads())
         t = time.perf_counter()
-        model = copy.deepcopy(base).to(device)
-        report["reference"].update(_train_reference(model, recipe, records, plan, o.workers, mem))
-        del model
-        sections["reference_training"] = time.perf_counter() - t
-        log.info("fast training")
-        t = time.perf_counter()
-        model = copy.deepcopy(base).to(device)
-        report["fast"].update(_train_fast(model, recipe, records, plan, o, mem))
-        del model
-        sections["fast_training"] = time.perf_counter() - t
+        report["cpu_batch1"] = _cpu_batch1(model, plan, o, tmp)
+        sections["cpu_batch1"] = time.perf_counter() - t
 
-        log.info("inference at batch sizes %s", list(plan.batch_sizes))
-        t = time.perf_counter()
-        base.load_state_dict(initial)
-        model = base.to(device)
-        ref_inf, fast_inf, extra = _inference(model, plan, o, mem)
-        report["reference"].update(ref_inf)
-        report["fast"].update(fast_inf)
-        report["errors"].update(extra)
-        sections["inference"] = time.perf_counter() - t
-        if o.cpu_compare:
-            log.info("CPU batch-1 comparison (%d threads)", torch.get_num_threads())
-            t = time.perf_counter()
-            report["cpu_batch1"] = _cpu_batch1(model, plan, o, tmp)
-            sections["cpu_batch1"] = time.perf_counter() - t
-    sections["total"] = time.perf_counter() - t_start
 
+def _ratios(report: dict[str, Any], plan: _Plan) -> dict[str, Any]:
+    """fast/reference for rates, reference/fast for latency: above 1 means the fast path wins."""
     ref, fast = report["reference"], report["fast"]
     ratios: dict[str, Any] = {
         "train": _ratio(fast["train_images_per_s"], ref["train_images_per_s"]),
@@ -550,7 +571,22 @@ def run_benchmark(o: BenchmarkOptions) -> dict[str, Any]:
     for b in plan.batch_sizes:
         ratios[f"inference_b{b}"] = _ratio(fast["inference_images_per_s"][str(b)],
                                            ref["inference_images_per_s"][str(b)])
-    report["ratios"] = ratios
+    return ratios
+
+
+def run_benchmark(o: BenchmarkOptions) -> dict[str, Any]:
+    """Run both paths; returns the report (also written to ``o.json_path`` when given)."""
+    device = resolve_device(o.device)
+    recipe = recipe_for(o.model)
+    plan = _plan(o, device, recipe)
+    report = _report_skeleton(o, device, recipe, plan)
+    t_start = time.perf_counter()
+    torch.manual_seed(o.seed)
+    base = create_model(o.model)
+    with tempfile.TemporaryDirectory(prefix="poster-bench-") as tmp_name:
+        _measure_sections(o, recipe, plan, report, base, Path(tmp_name), t_start)
+    report["meta"]["section_seconds"]["total"] = time.perf_counter() - t_start
+    report["ratios"] = _ratios(report, plan)
     if o.json_path:
         atomic_write_text(o.json_path, json.dumps(report, indent=2))
     return report
