@@ -182,6 +182,48 @@ def _export_meta(model: nn.Module, meta: ModelMeta | None, input_size: int | Non
         meta = meta.with_input(input_size=size)
     return meta, size
 
+def _checked_opset(opset: int | None, exporter: str) -> int:
+    """The opset to export with; refuses an unknown exporter or an opset outside what we test."""
+    if exporter not in EXPORTERS:
+        raise PosterError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise PosterError(f"opset {opset} is not supported here; use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    return opset
+
+
+def _describe_proto(proto, meta: ModelMeta, size: int) -> None:
+    """Record ``meta`` (and who wrote the file) in the model's metadata, replacing earlier values,
+    so the file describes itself to ``read_onnx_meta`` and to other tools."""
+    props = {
+        META_KEY: json.dumps(meta.to_dict(), sort_keys=True),
+        "poster.version": __version__,
+        "poster.input_name": INPUT_NAME,
+        "poster.output_name": OUTPUT_NAME,
+    }
+    for entry in list(proto.metadata_props):
+        if entry.key in props:
+            proto.metadata_props.remove(entry)
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "poster-fer"
+    proto.producer_version = __version__
+    proto.doc_string = (f"{meta.arch} facial expression recognition, {meta.num_classes} classes "
+                        f"{list(meta.class_names)}; input {INPUT_NAME} [N,3,{size},{size}] "
+                        f"{meta.input.channel_order} normalised with mean {list(meta.input.mean)} std "
+                        f"{list(meta.input.std)}; output {OUTPUT_NAME} [N,{meta.num_classes}]")
+
+
+def _check_proto(onnx, proto, meta: ModelMeta) -> None:
+    """Refuse a graph that cannot be saved as one file or that the ONNX checker rejects."""
+    if proto.ByteSize() > _PROTOBUF_LIMIT:
+        raise PosterError(f"{meta.arch} is too large for a single-file ONNX model (2 GiB protobuf limit)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise PosterError(f"the exported ONNX graph of {meta.arch} is invalid: {e}") from e
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = True,
                 input_size: int | None = None, *, meta: ModelMeta | None = None, exporter: str = "auto") -> Path:
     """Export ``model`` to a self-describing ONNX file at ``path`` (written atomically).
@@ -201,11 +243,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
     ``read_onnx_meta`` / ``poster.inference.runtime.OnnxBackend``.
     """
     onnx = _require_onnx()
-    if exporter not in EXPORTERS:
-        raise PosterError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    opset = DEFAULT_OPSET if opset is None else int(opset)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise PosterError(f"opset {opset} is not supported here; use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    opset = _checked_opset(opset, exporter)
     _check_fp32(model)
     meta, size = _export_meta(model, meta, input_size)
     path = Path(path)
@@ -221,30 +259,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
             raise PosterError(f"ONNX export of {meta.arch} failed: {type(e).__name__}: {e}") from e
 
     proto = onnx.load_from_string(data)
-    del data
-    props = {
-        META_KEY: json.dumps(meta.to_dict(), sort_keys=True),
-        "poster.version": __version__,
-        "poster.input_name": INPUT_NAME,
-        "poster.output_name": OUTPUT_NAME,
-    }
-    for entry in list(proto.metadata_props):
-        if entry.key in props:
-            proto.metadata_props.remove(entry)
-    for key, value in props.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "poster-fer"
-    proto.producer_version = __version__
-    proto.doc_string = (f"{meta.arch} facial expression recognition, {meta.num_classes} classes "
-                        f"{list(meta.class_names)}; input {INPUT_NAME} [N,3,{size},{size}] "
-                        f"{meta.input.channel_order} normalised with mean {list(meta.input.mean)} std "
-                        f"{list(meta.input.std)}; output {OUTPUT_NAME} [N,{meta.num_classes}]")
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
-        raise PosterError(f"{meta.arch} is too large for a single-file ONNX model (2 GiB protobuf limit)")
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as e:
-        raise PosterError(f"the exported ONNX graph of {meta.arch} is invalid: {e}") from e
+    del data  # the serialised graph can be large; keep one copy, not two
+    _describe_proto(proto, meta, size)
+    _check_proto(onnx, proto, meta)
     atomic_write_bytes(path, proto.SerializeToString())
     log.debug("wrote %s (%s, opset %d)", path, format_size(path.stat().st_size), opset)
     return path

@@ -236,20 +236,42 @@ def create_app(engine: InferenceEngine, config: ServeConfig | None = None) -> Fa
 
     app = _new_fastapi(lifespan)
     app.state.server = server
+    protected = [Depends(_api_key_check(config))]
+    _add_error_handlers(app)
+    _add_middleware(app, server)
+    _add_prediction_routes(app, server, protected)
+    _add_status_routes(app, server, protected)
+    _add_page(app)
+    return app
+
+
+def _upload_limit(config: ServeConfig) -> int:
+    """Bytes allowed for one image."""
+    return int(config.max_upload_mb * 2**20)
+
+
+def _api_key_check(config: ServeConfig):
+    """The dependency that refuses a request without the server's API key (when it has one)."""
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="needed when the server has --api-key")
 
     def require_key(given: str | None = Depends(key_header)) -> None:
+        # compare_digest: the time taken must not tell how much of the key was right
         if config.api_key and not (given and hmac.compare_digest(given.encode(), config.api_key.encode())):
             raise HTTPException(401, f"missing or wrong API key (header {API_KEY_HEADER})")
 
-    protected = [Depends(require_key)]
-    per_image = int(config.max_upload_mb * 2**20)
+    return require_key
+
+
+def _add_middleware(app: FastAPI, server: Server) -> None:
+    """CORS (when configured), the request-body limit and request metrics; the last added runs
+    first, so metrics also count the requests the body limit refuses."""
+    config = server.config
+    per_image = _upload_limit(config)
     overhead = 64 * 1024  # multipart boundaries and headers
 
     def body_limit(path: str) -> int:
         return per_image * config.max_files + overhead if path == "/v1/predict/batch" else per_image + overhead
 
-    _add_error_handlers(app)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -257,6 +279,12 @@ def create_app(engine: InferenceEngine, config: ServeConfig | None = None) -> Fa
                            allow_headers=[API_KEY_HEADER, "Content-Type"])
     app.add_middleware(BodyLimit, limit_of=body_limit, limit_mb=config.max_upload_mb)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
+
+
+def _add_prediction_routes(app: FastAPI, server: Server, protected: list) -> None:
+    """``/v1/predict`` (one image) and ``/v1/predict/batch`` (several)."""
+    config = server.config
+    per_image = _upload_limit(config)
 
     @app.post("/v1/predict", dependencies=protected, openapi_extra=_upload_schema("file", many=False),
               summary="Recognise the expressions of the faces in one image")
@@ -298,9 +326,14 @@ def create_app(engine: InferenceEngine, config: ServeConfig | None = None) -> Fa
         finally:
             server.release(len(images))
 
+
+def _add_status_routes(app: FastAPI, server: Server, protected: list) -> None:
+    """``/v1/model``, ``/healthz``, ``/readyz`` and ``/metrics``."""
+    config = server.config
+
     @app.get("/v1/model", dependencies=protected, summary="The model: architecture, classes, input, source")
     async def model() -> dict:
-        return {**engine.describe(), "max_batch": config.max_batch}
+        return {**server.engine.describe(), "max_batch": config.max_batch}
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict:
@@ -319,13 +352,16 @@ def create_app(engine: InferenceEngine, config: ServeConfig | None = None) -> Fa
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
+
+def _add_page(app: FastAPI) -> None:
+    """The browser page at ``/`` and its files under ``/static``."""
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
                                                                "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 def _new_fastapi(lifespan) -> FastAPI:
