@@ -14,8 +14,9 @@ import io
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 # mkstemp(prefix=".<name>.", suffix=".tmp"): a dot, the target's name, 8 random characters.
@@ -109,28 +110,50 @@ def create_new_file(path: str | os.PathLike, mode: str = "w", **open_kwargs):
     return os.fdopen(fd, mode, **open_kwargs)
 
 
+def new_temporary_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A new empty file ``.<name>.<8 chars><suffix>`` in ``path``'s folder (created if needed),
+    with the umask's permissions: a rename over ``path`` is then atomic (same file system) and
+    does not leave the file at ``mkstemp``'s ``0o600``.  For writers that need the file open
+    between calls (a video sink); others use :func:`atomic_output`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, default_file_mode())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` (see :func:`new_temporary_beside`) to write to;
+    renames it over ``path`` when the block ends normally and deletes it when the block raises, so
+    ``path`` is either the old file or the complete new one."""
+    path = Path(path)
+    tmp = new_temporary_beside(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
-    The temporary file is created with ``O_EXCL`` and renamed over the target, so a link planted
-    at either name is replaced, never written through; the result has the umask's permissions."""
+    The temporary file is created with ``O_EXCL`` and reopened without following links, and it is
+    renamed over the target, so a link planted at either name is replaced, never written through;
+    the result has the umask's permissions."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with atomic_output(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), default_file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the target
     return path
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 
 from ..errors import PosterError
-from ..fileio import default_file_mode
+from ..fileio import new_temporary_beside
 from .results import ImageResult
 from .tracking import EmaTracker
 
@@ -170,11 +169,8 @@ class VideoSink:
         odd = size[0] % 2 or size[1] % 2
         if odd:
             self.path, self.fourcc = self.path.with_suffix(".avi"), "MJPG"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
-                                         dir=self.path.parent)
-        os.close(fd)
-        os.chmod(self._tmp, default_file_mode())  # mkstemp's 0600 would outlive the rename
+        # the temporary keeps the target's extension: OpenCV picks the container from it
+        self._tmp = str(new_temporary_beside(self.path, suffix=self.path.suffix or ".mp4"))
         backend = (cv2.CAP_OPENCV_MJPEG,) if odd else ()
         self._writer = cv2.VideoWriter(self._tmp, *backend, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
         if not self._writer.isOpened():

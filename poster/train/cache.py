@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ import torch
 from ..data import load_image
 from ..data.transforms import normalize_levels, resize_square
 from ..errors import PosterError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_output, atomic_write_text
 from ..meta import check_channel_order
 from .augment import AugmentConfig, _rand, _randn, add_noise_levels, sample_erasing_boxes, to_grey3_uint8
 
@@ -274,9 +273,7 @@ def build_uint8_cache(records: Sequence[tuple[str, int]], channel_order: str, si
 def _write_cache_file(final: Path, shape: tuple[int, ...], records, channel_order: str, size: int, phase: bool,
                       workers: int, key: str) -> None:
     start = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
+    with atomic_output(final) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         _fill(out, records, channel_order, size, phase, workers)
         out.flush()
@@ -285,13 +282,9 @@ def _write_cache_file(final: Path, shape: tuple[int, ...], records, channel_orde
             os.fsync(f.fileno())
         info = {"version": CACHE_VERSION, "key": key, "images": len(records), "channel_order": channel_order,
                 "size": size, "phases": shape[1], "first": records[0][0] if records else None,
-                "shape": list(shape), "bytes": os.path.getsize(tmp), "sha256": _file_sha256(Path(tmp))}
+                "shape": list(shape), "bytes": os.path.getsize(tmp), "sha256": _file_sha256(tmp)}
         # The record goes first: a published cache file always has the record it is checked against.
         atomic_write_text(_record_path(final), json.dumps(info, indent=2))
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("built image cache %s (%d images, %.1f MB) in %.1fs", final, len(records),
              np.prod(shape) / 1e6, time.perf_counter() - start)
 
