@@ -1,5 +1,8 @@
 """``poster benchmark``: our fast path against a reference-equivalent path, in one process.
 
+Long because both paths, their measurements and the report are kept side by side, so that it is
+visible that the two paths are measured the same way.
+
 Both paths use the same model (same initial weights), the trainer's optimizer
 (``poster.train.state.build_optimizer``) and SAM step (``poster.train.sam.sam_train_step``) with
 the recipe's loss, on synthetic 100x100 JPEGs (RAF-DB-like aligned faces are 100x100) written to

@@ -1,5 +1,8 @@
 """Safe reading of untrusted checkpoint files.
 
+One long module on purpose: the whole policy for untrusted files (which globals, which sizes,
+which structures are accepted) is reviewed in one place, so no rule hides in another file.
+
 ``read_checkpoint`` returns the top-level object of a ``torch.save`` file without ever unpickling it
 with ``weights_only=False`` and without letting the file choose what code runs or how much memory is
 taken. Before anything is unpickled:

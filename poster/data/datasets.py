@@ -1,6 +1,9 @@
 """Datasets in the layouts POSTER was trained on, plus plain class folders
 (docs/faithfulness.md#datasets-and-label-orders).
 
+One module for every layout because they share the label-file parser, the path-safety checks and
+the error reporting; each layout's reader is a short function of its own.
+
 Everything is parsed eagerly when a dataset is built, so a wrong root, a malformed label file or
 a missing image is reported at once (as ``DatasetError`` naming the file and, for label files,
 the line) instead of halfway through an epoch.  Parsing is kept apart from image loading:

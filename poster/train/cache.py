@@ -1,5 +1,8 @@
 """The input pipeline at the resolution the model really sees (issue 4, docs/faithfulness.md#input).
 
+Long because the cache's whole life is here: the bit-exact preprocessing, building the file (locked
+between processes), checking it against its record, and the batches read from it change together.
+
 Both POSTER backbones read only the even rows and columns of their 224x224 input
 (``F.interpolate(x, size=112)``, nearest, is exactly ``x[:, :, ::2, ::2]``).  So every image is
 decoded once, resized to 224 with PIL bilinear exactly like the reference transform, and kept as
