@@ -80,7 +80,7 @@ class BenchmarkOptions:
     quick: bool = False
     compile: bool = False
     precision: str = "auto"  # fast path: auto = bf16 on CUDA and on CPUs with bf16 instructions (AMX), else fp32
-    channels_last: str = "auto"  # fast path: auto = on for CUDA and with bf16, off otherwise
+    channels_last: bool | None = None  # fast path, as prepare_inference takes it; None: on for CUDA and with bf16
     workers: int = 2  # reference DataLoader workers (the original's)
     cache_workers: int | None = None
     cpu_compare: bool = True
@@ -94,8 +94,8 @@ class BenchmarkOptions:
             raise PosterError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise PosterError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.channels_last not in ("auto", "on", "off"):
-            raise PosterError(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
+        if self.channels_last not in (None, True, False):
+            raise PosterError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
         for name in ("train_batch_size", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -248,7 +248,7 @@ def _plan(o: BenchmarkOptions, device: torch.device, recipe: Recipe) -> _Plan:
     warmup = o.warmup if o.warmup is not None else warmup
     min_time = o.min_time if o.min_time is not None else min_time
     bf16 = o.precision == "bf16" or (o.precision == "auto" and (cuda or cpu_has_native_bf16()))
-    channels_last = o.channels_last == "on" or (o.channels_last == "auto" and (cuda or bf16))
+    channels_last = o.channels_last if o.channels_last is not None else (cuda or bf16)
     return _Plan(device, batch_sizes, train_batch, steps, warmup, min_time, bf16, channels_last,
                  train_batch * (steps + warmup))
 

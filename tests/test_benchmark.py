@@ -75,3 +75,27 @@ def test_benchmark_rejects_bad_options():
         BenchmarkOptions(precision="fp16")
     with pytest.raises(SystemExit):
         main(["benchmark", "--batch-sizes", "0,4"])
+    with pytest.raises(PosterError):
+        BenchmarkOptions(channels_last="on")  # the library takes prepare_inference's bool (None: auto)
+
+
+def test_benchmark_flags_default_to_the_options_fields():
+    import argparse
+    import dataclasses
+
+    from poster.benchmark import BenchmarkOptions
+    from poster.commands import benchmark as command
+
+    parser = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(parser)
+    args = vars(parser.choices["benchmark"].parse_args([]))
+    for field in dataclasses.fields(BenchmarkOptions):
+        if field.name == "cache_workers":  # library only: no flag
+            continue
+        expected = field.default
+        if field.name == "channels_last":
+            expected = command.CHANNELS_LAST_WORD[expected]
+        assert args[field.name] == expected, field.name
+    for word, value in (("auto", None), ("on", True), ("off", False)):
+        chosen = parser.choices["benchmark"].parse_args(["--channels-last", word]).channels_last
+        assert command.CHANNELS_LAST[chosen] is value

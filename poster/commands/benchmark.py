@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
+from ..benchmark import MODELS, BenchmarkOptions
 from ..errors import PosterError
 
 log = logging.getLogger(__name__)
+
+# Option defaults live on BenchmarkOptions; the parser reads them from there.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(BenchmarkOptions)}
+# The command line says auto/on/off; the library takes what prepare_inference takes (None: auto).
+CHANNELS_LAST = {"auto": None, "on": True, "off": False}
+CHANNELS_LAST_WORD = {value: word for word, value in CHANNELS_LAST.items()}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -30,35 +38,42 @@ def add_parser(subparsers) -> None:
                     "pipeline img/s, inference img/s, batch-1 latency, peak memory, compile time; on the CPU "
                     "also eager vs BN-folded vs ONNX Runtime at batch 1. Prints a table, --json writes all "
                     "numbers. See docs/benchmarks.md.")
-    p.add_argument("--model", default="poster_v1_large", choices=("poster_v1_large", "poster_v2", "poster_v1_tiny"))
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-sizes", type=_int_list, default=None,
+    p.add_argument("--model", default=DEFAULTS["model"], choices=MODELS)
+    p.add_argument("--device", default=DEFAULTS["device"], help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-sizes", type=_int_list, default=DEFAULTS["batch_sizes"],
                    help="inference batch sizes, comma-separated (default 1,32,256 on GPU, 1,8 on CPU)")
-    p.add_argument("--train-batch-size", type=int, default=None,
+    p.add_argument("--train-batch-size", type=int, default=DEFAULTS["train_batch_size"],
                    help="SAM training batch (default: the recipe's on GPU - 200 V1, 144 V2 -, 8 on CPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed SAM steps per path (default 10 GPU, 3 CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed SAM steps first (default 3 GPU, 1 CPU)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fast path (compile time reported)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
+                   help="timed SAM steps per path (default 10 GPU, 3 CPU)")
+    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"],
+                   help="untimed SAM steps first (default 3 GPU, 1 CPU)")
+    p.add_argument("--quick", action="store_true", default=DEFAULTS["quick"], help="tiny sizes for a smoke run")
+    p.add_argument("--compile", action="store_true", default=DEFAULTS["compile"],
+                   help="torch.compile the fast path (compile time reported)")
+    p.add_argument("--precision", default=DEFAULTS["precision"], choices=("auto", "fp32", "bf16"),
                    help="fast path precision (auto: bf16 autocast on CUDA and on CPUs with bf16 instructions "
                         "(AMX/AVX512-BF16), fp32 otherwise)")
-    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--channels-last", default=CHANNELS_LAST_WORD[DEFAULTS["channels_last"]],
+                   choices=tuple(CHANNELS_LAST),
                    help="fast path memory format (auto: channels-last whenever bf16 is on)")
-    p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (the original's 2)")
-    p.add_argument("--min-time", type=float, default=None, help="seconds per inference measurement")
-    p.add_argument("--no-cpu-compare", action="store_true", help="skip the CPU batch-1 comparison")
-    p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime in the CPU comparison")
+    p.add_argument("--workers", type=int, default=DEFAULTS["workers"],
+                   help="reference DataLoader workers (the original's 2)")
+    p.add_argument("--min-time", type=float, default=DEFAULTS["min_time"], help="seconds per inference measurement")
+    p.add_argument("--no-cpu-compare", dest="cpu_compare", action="store_false", default=DEFAULTS["cpu_compare"],
+                   help="skip the CPU batch-1 comparison")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", default=DEFAULTS["onnx"],
+                   help="skip ONNX Runtime in the CPU comparison")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", dest="json_path", default=None, help="write every number as JSON here")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--json", dest="json_path", default=DEFAULTS["json_path"], help="write every number as JSON here")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..benchmark import BenchmarkOptions, format_report, run_benchmark
+    from ..benchmark import format_report, run_benchmark
 
     if args.threads is not None:
         if args.threads < 1:
@@ -67,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     options = BenchmarkOptions(
         model=args.model, device=args.device, batch_sizes=args.batch_sizes, train_batch_size=args.train_batch_size,
         steps=args.steps, warmup=args.warmup, quick=args.quick, compile=args.compile, precision=args.precision,
-        channels_last=args.channels_last, workers=args.workers, cpu_compare=not args.no_cpu_compare,
-        onnx=not args.no_onnx, min_time=args.min_time, seed=args.seed, json_path=args.json_path)
+        channels_last=CHANNELS_LAST[args.channels_last], workers=args.workers, cpu_compare=args.cpu_compare,
+        onnx=args.onnx, min_time=args.min_time, seed=args.seed, json_path=args.json_path)
     report = run_benchmark(options)
     print(format_report(report))
     if args.json_path:
