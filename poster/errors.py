@@ -55,6 +55,15 @@ class TrainingDiverged(PosterError):
 _flag_wording = False
 
 
+class InputRejected(PosterError):
+    """A served request's image or options cannot be used (``poster serve``); ``status`` is the HTTP
+    status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def option(name: str, value: object = None, *, python: str | None = None) -> str:
     """The option ``name`` (set to ``value``) as the current reader spells it.
 

@@ -12,8 +12,13 @@ from poster.errors import ConfigError, PosterError, flag_wording, flag_words, op
 
 
 def test_every_exception_class_of_the_package_lives_in_errors():
-    import poster.hub, poster.runlock, poster.train.recipes, poster.train.trainer  # noqa: F401,E401
+    import importlib
+    import pkgutil
     import sys
+
+    for found in pkgutil.walk_packages(poster.__path__, "poster."):  # every module, whatever ran before
+        if not found.name.endswith("__main__"):
+            importlib.import_module(found.name)
 
     defined_elsewhere = [f"{name}.{cls.__name__}" for name, module in list(sys.modules.items())
                          if name.startswith("poster") and module is not None

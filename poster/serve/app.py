@@ -55,9 +55,9 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)
 
 
-class UploadTooLarge(HTTPException):
-    def __init__(self, limit_mb: float) -> None:
-        super().__init__(413, f"upload too large: the limit is {limit_mb:g} MiB per image")
+def upload_too_large(limit_mb: float) -> HTTPException:
+    """The 413 answer (an HTTPException, so FastAPI's handlers answer it; no exception class of our own)."""
+    return HTTPException(413, f"upload too large: the limit is {limit_mb:g} MiB per image")
 
 
 class BodyLimit:
@@ -74,7 +74,7 @@ class BodyLimit:
         limit = self.limit_of(scope["path"])
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = JSONResponse({"error": UploadTooLarge(self.limit_mb).detail, "status": 413}, status_code=413,
+            response = JSONResponse({"error": upload_too_large(self.limit_mb).detail, "status": 413}, status_code=413,
                                     headers={"Connection": "close"})
             return await response(scope, receive, send)
         received = 0
@@ -85,7 +85,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise UploadTooLarge(self.limit_mb)
+                    raise upload_too_large(self.limit_mb)
             return message
 
         await self.app(scope, counting_receive, send)
@@ -316,7 +316,7 @@ def _add_prediction_routes(app: FastAPI, server: Server, protected: list) -> Non
         try:
             async def one(i: int, data: bytes) -> dict[str, Any]:
                 if i in too_big:
-                    return {"error": UploadTooLarge(config.max_upload_mb).detail, "status": 413}
+                    return {"error": upload_too_large(config.max_upload_mb).detail, "status": 413}
                 try:
                     return await server.recognise(data, options)
                 except InputRejected as exc:

@@ -25,18 +25,10 @@ import torch
 from PIL import Image
 
 from ..data.transforms import decode_image_bytes
-from ..errors import DatasetError, PosterError
+from ..errors import DatasetError, InputRejected, PosterError
 from ..face.detect import Face, build_detector
 
 DETECTORS = ("yunet", "none")
-
-
-class InputRejected(PosterError):
-    """A request's image or options cannot be used; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
