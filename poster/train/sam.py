@@ -194,7 +194,7 @@ class SAM(torch.optim.Optimizer):
 
 def sam_train_step(model: nn.Module, optimizer: SAM, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM (SPEC 6.1): loss and gradients at w, move to w + e, loss and gradients there on the SAME
+    """SAM (docs/faithfulness.md#training): loss and gradients at w, move to w + e, loss and gradients there on the SAME
     batch, restore w and take the base-optimizer step with the second gradients.
 
     Under DistributedDataParallel both backward passes all-reduce, so every rank perturbs by the
