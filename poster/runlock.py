@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_NAME = ".poster.lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,7 +115,7 @@ class RunLock:
             owner = json.loads(text) if text.strip() else None
         except ValueError:
             owner = None
-        return owner is None or owner.get("host") != socket.gethostname() or not _pid_alive(int(owner["pid"]))
+        return owner is None or owner.get("host") != socket.gethostname() or not pid_alive(int(owner["pid"]))
 
     def _still_our_file(self, fd: int) -> bool:
         """The path still names the file we locked (a releasing owner may have unlinked it)."""

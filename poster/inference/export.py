@@ -25,7 +25,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -224,6 +224,19 @@ def _check_proto(onnx, proto, meta: ModelMeta) -> None:
         raise PosterError(f"the exported ONNX graph of {meta.arch} is invalid: {e}") from e
 
 
+@contextlib.contextmanager
+def _exporting(model: nn.Module, kind: str, arch: str) -> Iterator[None]:
+    """Eval mode, no grad, exporter chatter silenced; any failure becomes one PosterError naming it."""
+    with _EvalMode(model), torch.no_grad():
+        try:
+            with _quiet_export():
+                yield
+        except PosterError:
+            raise
+        except Exception as e:
+            raise PosterError(f"{kind} export of {arch} failed: {type(e).__name__}: {e}") from e
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = True,
                 input_size: int | None = None, *, meta: ModelMeta | None = None, exporter: str = "auto") -> Path:
     """Export ``model`` to a self-describing ONNX file at ``path`` (written atomically).
@@ -248,15 +261,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int | None = N
     meta, size = _export_meta(model, meta, input_size)
     path = Path(path)
 
-    with _EvalMode(model), torch.no_grad():
-        try:
-            with _quiet_export():
-                data = _export_proto_bytes(model, _dummy_input(model, size, 2 if dynamic_batch else 1), opset,
-                                           dynamic_batch, exporter)
-        except PosterError:
-            raise
-        except Exception as e:
-            raise PosterError(f"ONNX export of {meta.arch} failed: {type(e).__name__}: {e}") from e
+    with _exporting(model, "ONNX", meta.arch):
+        data = _export_proto_bytes(model, _dummy_input(model, size, 2 if dynamic_batch else 1), opset,
+                                   dynamic_batch, exporter)
 
     proto = onnx.load_from_string(data)
     del data  # the serialised graph can be large; keep one copy, not two
@@ -294,14 +301,10 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
     _check_fp32(model)
     meta, size = _export_meta(model, meta, input_size)
     path = Path(path)
-    with _EvalMode(model), torch.no_grad():
-        try:
-            with _quiet_export():
-                traced = torch.jit.trace(model, (_dummy_input(model, size),), check_trace=False)
-                buffer = io.BytesIO()
-                torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META_FILE: json.dumps(meta.to_dict())})
-        except Exception as e:
-            raise PosterError(f"TorchScript export of {meta.arch} failed: {type(e).__name__}: {e}") from e
+    with _exporting(model, "TorchScript", meta.arch):
+        traced = torch.jit.trace(model, (_dummy_input(model, size),), check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META_FILE: json.dumps(meta.to_dict())})
     atomic_write_bytes(path, buffer.getvalue())
     log.debug("wrote %s (%s)", path, format_size(path.stat().st_size))
     return path

@@ -61,6 +61,7 @@ from ..data.transforms import normalize_levels, resize_square
 from ..errors import PosterError
 from ..fileio import atomic_output, atomic_write_text
 from ..meta import check_channel_order
+from ..runlock import pid_alive
 from .augment import AugmentConfig, _rand, _randn, add_noise_levels, sample_erasing_boxes, to_grey3_uint8
 
 log = logging.getLogger(__name__)
@@ -198,23 +199,13 @@ def check_and_cache(records: Sequence[tuple[str, int]], channel_order: str, size
     return UInt8Cache(data, labels, channel_order, size, cache_key(good, channel_order, size, True)), good, bad
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _try_lock(lock: Path) -> bool:
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         try:  # a lock left by a dead process on this host is stale
             host, pid = lock.read_text().split(":")
-            if host == socket.gethostname() and not _pid_alive(int(pid)):
+            if host == socket.gethostname() and not pid_alive(int(pid)):
                 lock.unlink(missing_ok=True)
         except (OSError, ValueError):
             pass
