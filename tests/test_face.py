@@ -248,3 +248,68 @@ def test_group_photo(yunet, astronaut_bgr):
         fx, fy, fw, fh = face.box
         assert abs(fx + fw / 2 - cx) < 40 * s and abs(fy + fh / 2 - cy) < 60 * s
         assert 60 * s < fw < 130 * s
+
+
+# ---------------------------------------------------------------------------------------------
+# The two YuNet engines (poster.face.yunet)
+
+
+def _yunet_test_images(astronaut_bgr: np.ndarray) -> list[np.ndarray]:
+    """Frontal, rotated, scaled, odd-sized (padding to a multiple of 32), several faces, and none."""
+    images = [astronaut_bgr, cv2.resize(astronaut_bgr, (333, 517)), cv2.resize(astronaut_bgr, (97, 130))]
+    images += [_rotate(astronaut_bgr, angle, scale)[0] for angle, scale in ((-35, 0.6), (12, 1.3), (30, 0.8))]
+    images.append(np.concatenate([astronaut_bgr, astronaut_bgr[:, ::-1]], axis=1))
+    images.append(np.full((200, 300, 3), 90, np.uint8))
+    return images
+
+
+def test_onnxruntime_yunet_matches_opencv(astronaut_bgr):
+    """The ONNX Runtime engine decodes YuNet's outputs itself: its raw rows (box, landmarks, score,
+    after NMS) are OpenCV's to within 1e-3 pixels, with the same faces kept."""
+    pytest.importorskip("onnxruntime")
+    from poster.face.yunet import OnnxRuntimeYuNet, OpenCVYuNet
+
+    path = bundled_yunet_path()
+    found = 0
+    for score, nms in ((0.6, 0.3), (0.3, 0.5), (0.9, 0.3)):
+        opencv, ort = OpenCVYuNet(path, score, nms, 5000), OnnxRuntimeYuNet(path, score, nms, 5000)
+        for image in _yunet_test_images(astronaut_bgr):
+            expected, got = opencv(image), ort(image)
+            if expected is None:
+                assert got is None, (image.shape, score)
+                continue
+            assert got is not None and got.shape == expected.shape, (image.shape, score)
+            order = lambda rows: rows[np.lexsort(rows[:, :2].T)]  # noqa: E731 - NMS ties may come in either order
+            np.testing.assert_allclose(order(got), order(expected), atol=1e-3)
+            found += len(got)
+    assert found >= 20  # the comparison covered real faces, not only empty answers
+
+
+def test_detector_engines_give_the_same_faces(astronaut_bgr):
+    """Through the whole detector the engines agree on the boxes; the refined landmarks differ by
+    what the refinement itself jitters: each of its 5 passes warps the picture to uint8 pixels and
+    runs YuNet again, so a 1e-3 pixel difference in one pass moves the next canvas by a rounding
+    step (measured: 0.01 to 0.12 pixels on most faces, 1.1 on the one rotated by 30 degrees, the
+    "pixel or so" the detector's docstring states)."""
+    pytest.importorskip("onnxruntime")
+    opencv, ort = YuNetDetector(engine="opencv"), YuNetDetector(engine="onnxruntime")
+    assert (opencv.engine, ort.engine, YuNetDetector().engine) == ("opencv", "onnxruntime", "onnxruntime")
+    differences = []
+    for image in _yunet_test_images(astronaut_bgr):
+        a, b = opencv.detect(image), ort.detect(image)
+        assert len(a) == len(b)
+        for fa, fb in zip(a, b):
+            np.testing.assert_allclose(fb.box, fa.box, atol=1e-3)
+            differences.append(np.abs(fb.landmarks - fa.landmarks).max())
+    assert len(differences) >= 7 and max(differences) < 2.0 and np.median(differences) < 0.25, differences
+
+
+def test_unknown_or_missing_yunet_engine(monkeypatch):
+    from poster.face import yunet
+
+    with pytest.raises(ValueError, match="engine must be one of"):
+        YuNetDetector(engine="tensorrt")
+    monkeypatch.setattr(yunet, "onnxruntime_available", lambda: False)
+    assert YuNetDetector().engine == "opencv"  # auto falls back to OpenCV
+    with pytest.raises(PosterError, match="pip install onnxruntime"):
+        YuNetDetector(engine="onnxruntime")
