@@ -31,10 +31,11 @@ def server():
 
 @pytest.fixture(scope="module")
 def expected_record():
-    """What ``poster predict`` writes for each face of the sample photo (``_ResultsWriter``'s jsonl record)."""
+    """What ``poster predict`` writes for each face of the sample photo (``_ResultsWriter``'s jsonl record),
+    with the recogniser built as ``predict`` and ``serve`` build it by default (the fp32 fast path)."""
     import poster
 
-    result = poster.Recognizer(None, device="cpu").predict(str(ASTRONAUT))
+    result = poster.Recognizer.from_checkpoint(None, device="cpu", precision="fp32", fast=True).predict(str(ASTRONAUT))
     return [{**f.to_dict(), "top_k": [[n, round(p, 6)] for n, p in f.top_k(3)]} for f in result.faces]
 
 
@@ -299,3 +300,20 @@ def test_engine_runs_an_onnx_export_like_the_checkpoint(tmp_path):
     assert onnx_answer["model"] == "bundled.onnx" and torch_answer["model"] == "poster_v1_tiny.fer2013"
     assert onnx_answer["faces"][0]["label"] == "happy"
     assert _close(onnx_answer["faces"][0], torch_answer["faces"][0], tol=1e-4)
+
+
+def test_served_model_runs_as_predict_runs_it():
+    """``poster serve`` runs the fp32 fast path by default (as ``predict``), within the golden tolerance of
+    the model as written, which ``--eager`` serves; ``--eager`` with bf16 is refused in one line."""
+    import torch
+
+    from poster.errors import PosterError
+    from poster.serve.engine import load_recognizer
+
+    fast, eager = load_recognizer(None, device="cpu"), load_recognizer(None, device="cpu", eager=True)
+    assert fast.fast_inference is not None and fast.fast_inference.folded_pairs > 0 and eager.fast_inference is None
+    batch = torch.randn(4, 3, fast.meta.input.input_size, fast.meta.input.input_size, generator=torch.Generator().manual_seed(0))
+    reference = eager.probabilities(batch)
+    assert abs(fast.probabilities(batch) - reference).max() <= 1e-4 * max(1.0, abs(reference).max())
+    with pytest.raises(PosterError, match="--eager"):
+        load_recognizer(None, device="cpu", precision="bf16", eager=True)

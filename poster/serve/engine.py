@@ -172,8 +172,11 @@ def model_display_name(checkpoint: str | None) -> str:
     return checkpoint if checkpoint in RELEASES else Path(checkpoint).name
 
 
-def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str = "auto", precision: str = "fp32"):
-    """A ``Recognizer`` for any checkpoint, release name, ONNX or TorchScript file, as ``predict`` builds it.
+def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str = "auto", precision: str = "auto",
+                    eager: bool = False):
+    """A ``Recognizer`` for any checkpoint, release name, ONNX or TorchScript file, as ``predict`` builds it:
+    the PyTorch runtime runs the fast path (BN folded, channels-last; bf16 where it is native, with
+    ``precision="auto"``) unless ``eager`` asks for the model exactly as written in fp32.
 
     The detector is chosen per request by the engine, so the recogniser itself has none."""
     from ..inference.recognizer import Recognizer, default_checkpoint
@@ -182,8 +185,11 @@ def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str =
     path = checkpoint if checkpoint is not None else default_checkpoint()
     runtime = detect_runtime(path) if runtime == "auto" else runtime
     if runtime == "torch":
-        return Recognizer.from_checkpoint(path, device, "none", precision=precision, prefetch=False)
-    if precision != "fp32":
-        raise PosterError(f"--precision applies to the PyTorch runtime, not {runtime}")
+        if eager and precision == "bf16":
+            raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
+        return Recognizer.from_checkpoint(path, device, "none", precision="fp32" if eager else precision,
+                                          fast=not eager, prefetch=False)
+    if precision != "auto" or eager:
+        raise PosterError(f"--precision and --eager apply to the PyTorch runtime, not {runtime}")
     backend, meta = load_backend(path, runtime, device=device)
     return Recognizer(backend, meta, "none", device=device, prefetch=False)
