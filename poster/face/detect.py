@@ -119,10 +119,11 @@ class YuNetDetector:
     for detection only, and the results scaled back (YuNet is fully convolutional, its cost grows
     with the pixel count; ``None`` never shrinks); ``top_k``: faces kept before NMS.
 
-    ``engine``: what runs the network (``poster.face.yunet``): ``"onnxruntime"`` (about twice as
-    fast, thread-safe without a lock), ``"opencv"`` (``cv2.FaceDetectorYN``, calls serialised by a
-    lock) or ``"auto"`` (ONNX Runtime when installed); both give the same faces to within 1e-4
-    pixels.  ``backend_id``/``target_id`` are OpenCV's and apply to the opencv engine only.
+    ``engine``: what runs the network (``poster.face.yunet``): ``"onnxruntime"`` (1.5x as fast,
+    thread-safe without a lock), ``"opencv"`` (``cv2.FaceDetectorYN``, calls serialised by a
+    lock) or ``"auto"`` (ONNX Runtime when installed).  Their raw detections agree to within 1e-3
+    pixels; the refined landmarks then differ by the refinement's own jitter (under 2 pixels,
+    usually ~0.1; tests/test_face.py).  ``backend_id``/``target_id`` are OpenCV's and apply to the opencv engine only.
 
     Images of any size can be mixed.  One instance may be shared between threads.
 
