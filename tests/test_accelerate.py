@@ -173,6 +173,49 @@ def test_fold_and_channels_last_full_models(name):
     assert (out - ref).abs().max() <= golden_tol(ref)
 
 
+@pytest.mark.parametrize("name", ["poster_v1_tiny", "poster_v1_small", "poster_v2"])
+def test_traced_graph_matches_the_plain_model(name):
+    """The serving path's traced, frozen graph: used where it gives the plain fp32 model's numbers at
+    batch sizes other than the traced one, and described as such."""
+    from poster.inference.accelerate import describe_inference, use_traced_graph
+
+    model = build(name)
+    fast = prepare_inference(model, "cpu", fold_bn=True, channels_last=True)
+    assert use_traced_graph(fast) and fast.traced and "traced graph" in describe_inference(fast)
+    assert not use_traced_graph(fast)  # once is enough
+    for batch in (1, 5):
+        x = inputs(batch, seed=batch)
+        with torch.no_grad():
+            ref = model(x)
+        out = fast(x)
+        assert out.shape == ref.shape and (out - ref).abs().max() <= golden_tol(ref)
+
+
+class _BatchTwoOnly(nn.Module):
+    """Branches on the batch size: a trace at batch 2 bakes in the wrong branch for other sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+
+    def forward(self, x):
+        pooled = x.mean(dim=(2, 3))
+        return self.linear(pooled) * (2.0 if x.shape[0] == 2 else 3.0)
+
+
+def test_traced_graph_is_refused_when_it_differs_or_does_not_apply(tiny):
+    from poster.inference.accelerate import use_traced_graph
+
+    fast = prepare_inference(_BatchTwoOnly().eval(), "cpu", fold_bn=False, channels_last=False)
+    x = inputs(3)
+    before = fast(x)
+    assert not use_traced_graph(fast) and not fast.traced  # the check at batch 1 and 3 catches the trace
+    assert torch.equal(fast(x), before)  # still the eager model
+    # the refusal came from the check, not from a failed trace: checked only at the traced size, it passes
+    assert use_traced_graph(fast, check_batch_sizes=(2,)) and fast.traced
+    assert not use_traced_graph(prepare_inference(tiny[0], "cpu", precision="bf16"))  # fp32 only
+
+
 def test_prepare_inference_rejects_unknown_precision(tiny):
     with pytest.raises(ValueError):
         prepare_inference(tiny[0], "cpu", precision="fp16")

@@ -303,7 +303,7 @@ def test_engine_runs_an_onnx_export_like_the_checkpoint(tmp_path):
 
 
 def test_served_model_runs_as_predict_runs_it():
-    """``poster serve`` runs the fp32 fast path by default (as ``predict``), within the golden tolerance of
+    """``poster serve`` runs the fp32 fast path by default (as ``predict``, plus a verified traced graph), within the golden tolerance of
     the model as written, which ``--eager`` serves; ``--eager`` with bf16 is refused in one line."""
     import torch
 
@@ -312,6 +312,7 @@ def test_served_model_runs_as_predict_runs_it():
 
     fast, eager = load_recognizer(None, device="cpu"), load_recognizer(None, device="cpu", eager=True)
     assert fast.fast_inference is not None and fast.fast_inference.folded_pairs > 0 and eager.fast_inference is None
+    assert fast.fast_inference.traced  # on the CPU it runs as a traced graph (no GIL between ops)
     batch = torch.randn(4, 3, fast.meta.input.input_size, fast.meta.input.input_size, generator=torch.Generator().manual_seed(0))
     reference = eager.probabilities(batch)
     assert abs(fast.probabilities(batch) - reference).max() <= 1e-4 * max(1.0, abs(reference).max())

