@@ -175,7 +175,7 @@ def is_torchscript_file(path: Path) -> bool:
 
 
 def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, device: str):
-    from ..inference.accelerate import describe_inference
+    from ..inference.accelerate import describe_inference, eager_precision
     from ..inference.recognizer import Recognizer
     from ..inference.runtime import load_backend
 
@@ -184,10 +184,8 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
                   detector_options=options, crop_size=args.crop_size if args.crop_size > 0 else None,
                   grayscale=args.grayscale)
     if runtime == "torch":
-        if args.eager and args.precision == "bf16":
-            raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
-        precision = "fp32" if args.eager else args.precision
-        rec = Recognizer.from_checkpoint(checkpoint, precision=precision, compile=args.compile, fast=not args.eager, **common)
+        rec = Recognizer.from_checkpoint(checkpoint, precision=eager_precision(args.precision, args.eager),
+                                         compile=args.compile, fast=not args.eager, **common)
         engine = "PyTorch " + describe_inference(rec.fast_inference)
     else:
         if args.precision != "auto" or args.compile or args.eager:

@@ -16,7 +16,7 @@ score]`` (float32, after non-maximum suppression) or ``None`` when no face score
   ``cv2.FaceDetectorYN`` to within 1e-3 pixels (measured: 5e-5; tests/test_face.py).  A session is thread-safe,
   so one instance serves every thread without a lock.
 
-``yunet_engine("auto")`` picks ONNX Runtime when it is installed (the ``onnx`` and ``serve``
+``resolve_engine("auto")`` picks ONNX Runtime when it is installed (the ``onnx`` and ``serve``
 extras bring it), else OpenCV.
 """
 

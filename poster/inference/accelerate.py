@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..errors import PosterError
+
 __all__ = [
     "conv_bn_pairs",
     "fold_batchnorm",
@@ -73,13 +75,21 @@ def native_bf16(device: str | torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
+def eager_precision(precision: str, eager: bool) -> str:
+    """The precision a Recognizer is built with when ``eager`` asks for the model as written (fp32);
+    eager with bf16 is a contradiction, answered in the CLI's words."""
+    if eager and precision == "bf16":
+        raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
+    return "fp32" if eager else precision
+
+
 def describe_inference(fast: "FastInference | None") -> str:
     """How the model runs, for the INFO lines: ``"bf16 fast path (BN folded, channels-last)"``,
     ``"fp32 fast path (...)"`` or ``"eager fp32"`` (``fast`` is None: the model as written)."""
     if fast is None:
         return "eager fp32"
     parts = [f"{fast.folded_pairs} BN folded" if fast.folded_pairs else "", "channels-last" if fast.channels_last else "",
-             "compiled" if fast.compiled else "", "traced graph" if getattr(fast, "traced", False) else ""]
+             "compiled" if fast.compiled else "", "traced graph" if fast.traced else ""]
     return f"{fast.precision} fast path ({', '.join(p for p in parts if p) or 'plain'})"
 
 

@@ -89,7 +89,7 @@ class InferenceEngine:
         self.model_name = model_name
         self.max_pixels = int(max_pixels)
         self.class_names = tuple(recognizer.class_names)
-        self._local = threading.local()  # detectors per thread: YuNet serialises calls on one instance
+        self._local = threading.local()  # detectors per thread: YuNet's OpenCV engine serialises calls on one instance
 
     # -- preparation (thread pool) ---------------------------------------------------------------
 
@@ -181,21 +181,18 @@ def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str =
     exactly as written in fp32.
 
     The detector is chosen per request by the engine, so the recogniser itself has none."""
+    from ..inference.accelerate import eager_precision, use_traced_graph
     from ..inference.recognizer import Recognizer, default_checkpoint
     from ..inference.runtime import detect_runtime, load_backend
 
     path = checkpoint if checkpoint is not None else default_checkpoint()
     runtime = detect_runtime(path) if runtime == "auto" else runtime
     if runtime == "torch":
-        if eager and precision == "bf16":
-            raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
-        recognizer = Recognizer.from_checkpoint(path, device, "none", precision="fp32" if eager else precision,
+        recognizer = Recognizer.from_checkpoint(path, device, "none", precision=eager_precision(precision, eager),
                                                 fast=not eager, prefetch=False)
         if recognizer.fast_inference is not None:
             # the server's event loop and decoding threads would stall an eager model at every op
             # (the GIL); a traced graph, used only where it gives the same numbers, runs without it
-            from ..inference.accelerate import use_traced_graph
-
             use_traced_graph(recognizer.fast_inference, recognizer.meta.input.input_size)
         return recognizer
     if precision != "auto" or eager:
