@@ -47,7 +47,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .inference.accelerate import CudaGraphRunner, cpu_has_native_bf16, prepare_inference, synchronize
+from .inference.accelerate import CudaGraphRunner, prepare_inference, synchronize
+from .precision import channels_last_for, cpu_has_native_bf16, resolve_precision
 from .errors import PosterError
 from .device import resolve_device
 from .fileio import atomic_write_text
@@ -79,8 +80,8 @@ class BenchmarkOptions:
     warmup: int | None = None  # untimed SAM steps before them
     quick: bool = False
     compile: bool = False
-    precision: str = "auto"  # fast path: auto = bf16 on CUDA and on CPUs with bf16 instructions (AMX), else fp32
-    channels_last: bool | None = None  # fast path, as prepare_inference takes it; None: on for CUDA and with bf16
+    precision: str = "auto"  # fast path: auto = as `poster train` (poster.precision): bf16 where native, else fp32
+    channels_last: bool | None = None  # fast path, as prepare_inference takes it; None: with bf16 (poster.precision.channels_last_for)
     workers: int = 2  # reference DataLoader workers (the original's)
     cache_workers: int | None = None
     cpu_compare: bool = True
@@ -247,8 +248,10 @@ def _plan(o: BenchmarkOptions, device: torch.device, recipe: Recipe) -> _Plan:
     steps = o.steps or steps
     warmup = o.warmup if o.warmup is not None else warmup
     min_time = o.min_time if o.min_time is not None else min_time
-    bf16 = o.precision == "bf16" or (o.precision == "auto" and (cuda or cpu_has_native_bf16()))
-    channels_last = o.channels_last if o.channels_last is not None else (cuda or bf16)
+    # the training policy (poster.precision): the fast path is measured as `poster train` would run it
+    precision = resolve_precision(o.precision, device, "train")
+    bf16 = precision == "bf16"
+    channels_last = channels_last_for(o.channels_last, precision)
     return _Plan(device, batch_sizes, train_batch, steps, warmup, min_time, bf16, channels_last,
                  train_batch * (steps + warmup))
 

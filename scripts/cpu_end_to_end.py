@@ -65,7 +65,7 @@ def main() -> None:
 
     import torch
 
-    from poster.inference.accelerate import cpu_has_native_bf16
+    from poster.precision import cpu_has_native_bf16
     from poster.inference.recognizer import default_checkpoint
 
     checkpoint = args.checkpoint or default_checkpoint()

@@ -7,6 +7,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests never touch the internet: a release name never triggers a download (tests/test_hub.py lifts
 # this for its loopback stand-in of Google Drive only).
 os.environ["POSTER_OFFLINE"] = "1"
+# The suite runs as on a CPU without bf16 instructions whatever the machine (poster.precision reads
+# this before /proc/cpuinfo), so "auto" means fp32 in every test and subprocess alike; the tests of
+# the policy fake each hardware class themselves (tests/test_precision.py).  POSTER_CPU_BF16=1 runs
+# the whole suite as on an AMX CPU.
+os.environ.setdefault("POSTER_CPU_BF16", "0")
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from poster.inference.accelerate import cpu_has_native_bf16
+from poster.precision import cpu_has_native_bf16
 from poster.cli import main
 
 

@@ -154,7 +154,7 @@ def test_unreadable_image_is_named(rafdb_root, v1_checkpoint, tmp_path, capsys):
         assert "test_00004_aligned.jpg" in err
 
 
-def test_fast_path_default_matches_eager_fp32(fer2013_dir, tmp_path, capsys):
+def test_fast_path_default_matches_eager_fp32(fer2013_dir, tmp_path, capsys, monkeypatch):
     """`poster test` runs the fp32 fast path (BN folded, channels-last) by default: its logits are
     within the golden tolerance of the model as written, so published numbers reproduce."""
     from poster.inference.accelerate import prepare_inference
@@ -177,12 +177,16 @@ def test_fast_path_default_matches_eager_fp32(fer2013_dir, tmp_path, capsys):
         dest.mkdir(parents=True, exist_ok=True)
         (dest / path.split("/")[-1]).write_bytes(open(path, "rb").read())
     reports = {}
-    for name, extra in (("default", []), ("eager", ["--eager"])):
+    for name, extra in (("default", []), ("eager", ["--eager"]), ("native", [])):
+        # "native": where bf16 is native (faked), evaluation still runs fp32 by default
+        monkeypatch.setenv("POSTER_CPU_BF16", "1" if name == "native" else "0")
         assert main(["test", "-c", default_checkpoint(), "--dataset", "fer2013", "--data", str(root), "-j", "0",
                      "--no-progress", "--device", "cpu", "-o", str(tmp_path / name), *extra]) == 0
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
-    assert reports["default"]["inference"].startswith("fp32 fast path") and "channels-last" in reports["default"]["inference"]
-    assert reports["eager"]["inference"] == "eager fp32"
+    assert reports["default"]["inference"].startswith("PyTorch fp32 fast path")
+    assert "channels-last" in reports["default"]["inference"]
+    assert reports["eager"]["inference"] == "PyTorch eager fp32"
+    assert reports["native"]["precision"] == "fp32" and reports["native"]["inference"] == reports["default"]["inference"]
     assert reports["default"]["confusion_matrix"] == reports["eager"]["confusion_matrix"]
     assert (tmp_path / "default" / "predictions.csv").read_text() == (tmp_path / "eager" / "predictions.csv").read_text()
 

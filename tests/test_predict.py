@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import poster
-from poster.inference.accelerate import native_bf16
+from poster.precision import native_bf16
 from poster.cli import main
 from poster.data import FER2013_CLASSES, EvalTransform, load_image
 from poster.errors import CheckpointError, PosterError

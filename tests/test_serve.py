@@ -32,10 +32,11 @@ def server():
 @pytest.fixture(scope="module")
 def expected_record():
     """What ``poster predict`` writes for each face of the sample photo (``_ResultsWriter``'s jsonl record),
-    with the recogniser built as ``predict`` and ``serve`` build it by default (the fp32 fast path)."""
+    with the recogniser built as ``serve`` builds it (``Recognizer.open``, the same precision policy and
+    traced graph), so served and predicted answers are compared like with like on any machine."""
     import poster
 
-    result = poster.Recognizer.from_checkpoint(None, device="cpu", precision="fp32", fast=True).predict(str(ASTRONAUT))
+    result = poster.Recognizer.open(None, device="cpu", trace=True).predict(str(ASTRONAUT))
     return [{**f.to_dict(), "top_k": [[n, round(p, 6)] for n, p in f.top_k(3)]} for f in result.faces]
 
 
@@ -316,5 +317,5 @@ def test_served_model_runs_as_predict_runs_it():
     batch = torch.randn(4, 3, fast.meta.input.input_size, fast.meta.input.input_size, generator=torch.Generator().manual_seed(0))
     reference = eager.probabilities(batch)
     assert abs(fast.probabilities(batch) - reference).max() <= 1e-4 * max(1.0, abs(reference).max())
-    with pytest.raises(PosterError, match="--eager"):
+    with pytest.raises(PosterError, match="eager"):
         load_recognizer(None, device="cpu", precision="bf16", eager=True)

@@ -175,26 +175,15 @@ def is_torchscript_file(path: Path) -> bool:
 
 
 def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, device: str):
-    from ..inference.accelerate import describe_inference, eager_precision
     from ..inference.recognizer import Recognizer
-    from ..inference.runtime import load_backend
 
     options = {"score_threshold": args.score_threshold} if args.detector == "yunet" else {}
-    common = dict(device=device, detector=args.detector, batch_size=args.batch_size, min_face=args.min_face,
-                  detector_options=options, crop_size=args.crop_size if args.crop_size > 0 else None,
-                  grayscale=args.grayscale)
-    if runtime == "torch":
-        rec = Recognizer.from_checkpoint(checkpoint, precision=eager_precision(args.precision, args.eager),
-                                         compile=args.compile, fast=not args.eager, **common)
-        engine = "PyTorch " + describe_inference(rec.fast_inference)
-    else:
-        if args.precision != "auto" or args.compile or args.eager:
-            raise PosterError(f"--precision, --eager and --compile apply to the PyTorch runtime, not {runtime}")
-        backend, meta = load_backend(checkpoint, runtime, device=device)
-        rec = Recognizer(backend, meta, **common)
-        engine = {"onnx": "ONNX Runtime", "torchscript": "TorchScript"}[runtime]
+    rec = Recognizer.open(checkpoint, runtime=runtime, device=device, detector=args.detector,
+                          precision=args.precision, eager=args.eager, compile=args.compile,
+                          batch_size=args.batch_size, min_face=args.min_face, detector_options=options,
+                          crop_size=args.crop_size if args.crop_size > 0 else None, grayscale=args.grayscale)
     log.info("model %s (%s input, classes %s) on %s with %s; detector %s", printable(rec.meta.arch),
-             rec.channel_order, printable(", ".join(rec.class_names)), rec.device, engine, args.detector)
+             rec.channel_order, printable(", ".join(rec.class_names)), rec.device, rec.engine, args.detector)
     return rec
 
 

@@ -100,11 +100,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          workers=args.workers, max_upload_mb=args.max_upload_mb,
                          max_pixels=int(args.max_pixels * 1e6), api_key=api_key, cors_origins=args.cors_origin)
-    from ..inference.accelerate import describe_inference
-
-    runs_as = describe_inference(recognizer.fast_inference) if recognizer.model is not None else args.runtime
     log.info("model %s (%s, classes %s) on %s, %s; max batch %d; API key %s", engine.model_name,
-             recognizer.meta.arch, ", ".join(engine.class_names), recognizer.device, runs_as, args.max_batch,
+             recognizer.meta.arch, ", ".join(engine.class_names), recognizer.device, recognizer.engine, args.max_batch,
              "required" if api_key else "off")
     uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level=args.log_level,
                 server_header=False, timeout_graceful_shutdown=5)

@@ -10,8 +10,6 @@ import logging
 import re
 from pathlib import Path
 
-from ..inference.accelerate import describe_inference, prepare_inference
-from ..checkpoint.loading import load_model
 from ..data import DATASET_CLASSES, DATASET_NAMES, DATASET_TITLES, EvalTransform, abbreviate, build_dataset
 from ..data.classmap import ClassMapping, map_classes, parse_class_map
 from ..data.datasets import ImageListDataset
@@ -19,6 +17,7 @@ from ..errors import PosterError
 from ..device import resolve_device
 from ..evaluation.evaluate import evaluate
 from ..fileio import atomic_write_text, claim_run_folder
+from ..inference.runtime import open_backend
 from ..runlock import lock_run_folder
 from ..textsafe import csv_cell, printable
 
@@ -43,10 +42,10 @@ def add_parser(subparsers) -> None:
                         "existing non-empty folder becomes DIR2, DIR3, ...)")
     p.add_argument("--exist-ok", action="store_true", help="write into the output folder even if it holds a report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="fp32 (default): BN folded and channels-last, within the golden tolerance (1e-4) of "
-                        "the model as written, so published numbers reproduce; bf16: autocast, faster on GPUs "
-                        "and CPUs with bf16 instructions, probabilities within ~1e-2")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto (default) = fp32 for evaluation: BN folded and channels-last, within the golden "
+                        "tolerance (1e-4) of the model as written, so published numbers reproduce; bf16: "
+                        "autocast, faster on GPUs and CPUs with bf16 instructions, probabilities within ~1e-2")
     p.add_argument("--eager", action="store_true",
                    help="run the model exactly as written in fp32 (no BN folding, no channels-last; slower)")
     p.add_argument("--class-map", default=None, metavar="DS=MODEL,...|FILE.json",
@@ -117,24 +116,13 @@ def _print_per_class(report, absent: list[str]) -> None:
         print(f"no examples of: {', '.join(absent)} (not scored; predicting them counts as an error)")
 
 
-def _inference(model, device, args):
-    """The model as written (``--eager``), or its fast path (BN folding, channels-last, ``--precision``)."""
-    if args.eager:
-        if args.precision != "fp32":
-            raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
-        runner = model
-    else:
-        runner = prepare_inference(model, device, args.precision, channels_last=True, warmup_batch_sizes=())
-    log.info("inference: %s", describe_inference(runner if runner is not model else None))
-    return runner
-
-
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
     device = resolve_device(args.device)
     hint = args.dataset if args.dataset in DATASET_CLASSES else None
-    model = load_model(args.checkpoint, device=device, dataset=hint)
-    meta = model.meta
+    opened = open_backend(args.checkpoint, runtime="torch", device=device, precision=args.precision,
+                          eager=args.eager, purpose="evaluate", dataset=hint)
+    meta = opened.meta
     dataset = build_dataset(args.dataset, args.data, args.split, transform=EvalTransform(meta.input),
                             allow_empty_classes=True)
     mapping = _map_classes(meta, dataset, args.class_map)
@@ -143,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
              dataset.num_classes, meta.arch, meta.input.channel_order, device)
 
     out_dir = _claim_output_dir(args)  # before the long evaluation: a bad folder is found at once
-    runner = _inference(model, device, args)
-    result = evaluate(runner, dataset, batch_size=args.batch_size, device=device, workers=args.workers,
+    log.info("inference: %s", opened.description)
+    result = evaluate(opened.backend, dataset, batch_size=args.batch_size, device=device, workers=args.workers,
                       progress=not args.no_progress, class_mapping=mapping)
     report = result.report
     absent = [report.class_names[i] for i in range(report.num_classes) if report.support[i] == 0]
@@ -160,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "checkpoint": str(args.checkpoint), "dataset": args.dataset, "data": str(args.data), "split": args.split,
         "num_images": len(dataset), "device": str(device), "seconds": round(result.seconds, 3),
-        "inference": describe_inference(runner if runner is not model else None),
+        "inference": opened.description, "precision": opened.precision,
         "model": meta.to_dict(), **report.to_dict(),
         "class_mapping": mapping.to_dict(), "classes_without_examples": absent,
         "macro_f1_classes_with_examples": report.macro_f1_supported,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,12 +28,13 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
+def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
                    progress: bool = False, description: str = "eval") -> tuple[torch.Tensor, np.ndarray]:
-    """Logits and targets over a loader, in the loader's order."""
+    """Logits and targets over a loader, in the loader's order (``model``: a module or a backend)."""
     from tqdm.auto import tqdm
 
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     logits, targets = [], []
     for images, labels in tqdm(loader, desc=description, disable=None if progress else True, unit="batch",
                                leave=False):  # None: no bar when stderr is not a terminal (captured output)
@@ -44,15 +46,20 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
     return torch.cat(logits), torch.cat(targets).numpy()
 
 
-def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 32, device: str | torch.device = "auto",
-             workers: int = 2, progress: bool = False, class_mapping=None) -> EvalResult:
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *, batch_size: int = 32,
+             device: str | torch.device = "auto", workers: int = 2, progress: bool = False,
+             class_mapping=None) -> EvalResult:
     """Accuracy, mean class accuracy, macro F1 and the confusion matrix of ``model`` on ``dataset``.
+
+    ``model``: an ``nn.Module`` (moved to ``device``) or a backend of ``poster.inference.runtime``
+    (``open_backend(...).backend``), which places its inputs itself.
 
     ``class_mapping`` (``poster.data.classmap.map_classes``): the dataset's labels are translated
     to the model's classes and the report is over the model's classes (a class the dataset lacks
     has support 0); without it, label ``i`` is taken to be the model's class ``i``."""
     device = resolve_device(device)
-    model = model.to(device)
+    if isinstance(model, nn.Module):
+        model = model.to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     start = time.perf_counter()

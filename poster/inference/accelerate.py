@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import PosterError
+from ..precision import PRECISIONS, autocast
 
 __all__ = [
     "conv_bn_pairs",
@@ -44,43 +44,7 @@ __all__ = [
     "use_traced_graph",
     "CudaGraphRunner",
     "cuda_graphs_available",
-    "PRECISIONS",
 ]
-
-PRECISIONS = ("fp32", "bf16")
-
-
-# --------------------------------------------------------------------------- BN folding
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16), where bf16 autocast
-    makes CPU inference and training several times faster (measured in docs/benchmarks.md); on
-    other CPUs oneDNN emulates bf16 and it gains little or nothing.  Linux (/proc/cpuinfo) only."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"amx_bf16", "avx512_bf16"} & flags)
-    except OSError:
-        pass
-    return False
-
-def native_bf16(device: str | torch.device) -> bool:
-    """True where bf16 runs natively: a CUDA device that supports it, or a CPU with bf16
-    instructions (:func:`cpu_has_native_bf16`).  ``poster predict`` uses bf16 there by default."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
-
-
-def eager_precision(precision: str, eager: bool) -> str:
-    """The precision a Recognizer is built with when ``eager`` asks for the model as written (fp32);
-    eager with bf16 is a contradiction, answered in the CLI's words."""
-    if eager and precision == "bf16":
-        raise PosterError("--eager runs the model as written in fp32; it cannot be combined with --precision bf16")
-    return "fp32" if eager else precision
 
 
 def describe_inference(fast: "FastInference | None") -> str:
@@ -92,6 +56,8 @@ def describe_inference(fast: "FastInference | None") -> str:
              "compiled" if fast.compiled else "", "traced graph" if fast.traced else ""]
     return f"{fast.precision} fast path ({', '.join(p for p in parts if p) or 'plain'})"
 
+
+# --------------------------------------------------------------------------- BN folding
 
 def _attr_pair_types() -> tuple[type, ...]:
     """Modules whose ``forward`` applies ``self.bn(self.conv(x))`` (MobileFaceNet blocks)."""
@@ -232,8 +198,7 @@ class FastInference(nn.Module):
 
     def run_prepared(self, x: torch.Tensor) -> torch.Tensor:
         """The model on an input already made by :meth:`prepare_input` (what CUDA graphs capture)."""
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16", cache_enabled=False), \
+        with torch.inference_mode(), autocast(self.precision, self.device, cache_enabled=False), \
                 _cpu_freezing(self.compiled and self.device.type == "cpu"):
             return self._runner(x).float()
 

@@ -52,10 +52,9 @@ from ..errors import CheckpointError, DatasetError, PosterError
 from ..face.align import DEFAULT_CROP_SIZE, face_crop
 from ..face.detect import Face, FaceDetector, build_detector
 from ..meta import ModelMeta, check_channel_order
-from .accelerate import PRECISIONS, native_bf16, prepare_inference
+from ..precision import PRECISIONS
 from .prefetch import prefetched
 from .results import ImageResult, face_result
-from .runtime import TorchBackend
 from .video import VideoPrediction
 
 __all__ = ["Recognizer", "default_checkpoint"]
@@ -97,17 +96,6 @@ def _describe(item: Any, position: int) -> str:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return f"<bytes #{position}>"
     return f"<{type(item).__name__} #{position}>"
-
-
-def _load_model(checkpoint_or_model: str | os.PathLike | torch.nn.Module | None) -> tuple[torch.nn.Module, str]:
-    """The model and the name it is known by (file, release or class name)."""
-    if isinstance(checkpoint_or_model, torch.nn.Module):
-        model = checkpoint_or_model
-        return model, getattr(getattr(model, "meta", None), "source", "") or type(model).__name__
-    from ..checkpoint.loading import load_model
-
-    checkpoint = checkpoint_or_model if checkpoint_or_model is not None else default_checkpoint()
-    return load_model(checkpoint, device="cpu"), str(checkpoint)
 
 
 class Recognizer:
@@ -179,6 +167,7 @@ class Recognizer:
         self.model: torch.nn.Module | None = None
         self.fast_inference = None
         self.precision = "fp32"
+        self.engine = f"{type(backend).__name__} (given)"  # how the model runs, in words
 
     @classmethod
     def from_checkpoint(cls, checkpoint_or_model: str | os.PathLike | torch.nn.Module | None = None,
@@ -190,33 +179,40 @@ class Recognizer:
 
         ``precision``: ``"fp32"`` (default; the exact function) or ``"bf16"`` (autocast with pre-cast
         weights, BN folded, channels-last: several times faster on GPUs and on CPUs with bf16
-        instructions such as AMX; probabilities within ~1e-2); ``"auto"``: bf16 where it is native
-        (``poster.inference.accelerate.native_bf16``), else fp32.  ``fast``: in fp32 too, fold the batch
+        instructions such as AMX; probabilities within ~1e-2); ``"auto"``: the prediction policy of
+        ``poster.precision`` (bf16 where it is native, else fp32).  ``fast``: in fp32 too, fold the batch
         norms and use channels-last (within the golden tolerance of the exact function, faster on
-        CPUs; what ``poster predict`` does unless ``--eager``).  ``compile``: ``torch.compile`` the
-        model (frozen weights on CPU; the first batch pays the compile time).  These build the backend
-        with ``poster.inference.accelerate.prepare_inference`` (kept as ``fast_inference``; ``None``
-        when the model runs as written).  ``options`` as for ``Recognizer``."""
+        CPUs).  ``compile``: ``torch.compile`` the model (frozen weights on CPU; the first batch pays the
+        compile time).  Without any of these the model runs as written.  ``Recognizer.open`` is the
+        same with the commands' defaults (fast path, ``precision="auto"``, any runtime).
+        ``options`` as for ``Recognizer``."""
+        from ..precision import resolve_precision
+
         if precision not in (*PRECISIONS, "auto"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+        resolved = resolve_precision(precision, resolve_device(device), "predict")
+        eager = resolved == "fp32" and not (fast or compile)
+        return cls.open(checkpoint_or_model, runtime="torch", device=device, detector=detector,
+                        precision="fp32" if eager else resolved, eager=eager, compile=compile, **options)
+
+    @classmethod
+    def open(cls, source: str | os.PathLike | torch.nn.Module | None = None, *, runtime: str = "auto",
+             device: str | torch.device = "cpu", detector: str | FaceDetector | None = "yunet",
+             precision: str = "auto", eager: bool = False, compile: bool = False, trace: bool = False,
+             **options: Any) -> "Recognizer":
+        """A recogniser for any weights file, release name, export or model, built as ``poster predict``
+        and ``poster serve`` build it (``poster.inference.runtime.open_backend``: the fast path with the
+        prediction precision policy unless ``eager``; ONNX/TorchScript exports by their runtime).
+        ``rec.engine`` says how the model runs.  ``options`` as for ``Recognizer``."""
+        from .runtime import open_backend
+
         if options.get("batch_size", 1) < 1:
             raise ValueError(f"batch_size must be >= 1, got {options['batch_size']}")
-        device = resolve_device(device)
-        model, name = _load_model(checkpoint_or_model)
-        meta = getattr(model, "meta", None)
-        if meta is None:
-            raise CheckpointError("the model has no .meta (class names, channel order, normalisation): load it "
-                                  "with poster.load_model, or give a backend and its meta to Recognizer(backend, meta)")
-        model = model.to(device).eval()
-        if precision == "auto":
-            precision = "bf16" if native_bf16(device) else "fp32"
-        fast_inference = None
-        if precision == "bf16" or compile or fast:
-            fast_inference = prepare_inference(model, device, precision, channels_last=precision == "bf16" or fast,
-                                               compile=compile, warmup_batch_sizes=())
-        backend = fast_inference if fast_inference is not None else TorchBackend(model, meta)
-        rec = cls(backend, meta, detector, device=device, name=name, **options)
-        rec.model, rec.fast_inference, rec.precision = model, fast_inference, precision
+        opened = open_backend(source, runtime=runtime, device=device, precision=precision, eager=eager,
+                              compile=compile, trace=trace, purpose="predict")
+        rec = cls(opened.backend, opened.meta, detector, device=opened.device, name=opened.source, **options)
+        rec.model, rec.fast_inference, rec.precision, rec.engine = opened.model, opened.fast, opened.precision, \
+            opened.description
         return rec
 
     # -- model -----------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ preprocessed as ``backend.meta.input`` says (channel order, mean/std, size S), g
 tensor (any device) or a numpy array; the result is a float32 CPU torch tensor [B,C].  Every
 backend has ``.meta`` (``ModelMeta``), ``.runtime`` and ``.device``.
 
-``load_backend(path, runtime="onnx")`` returns ``(backend, meta)`` for any of them.
+``load_backend(path, runtime="onnx")`` returns ``(backend, meta)`` for any of them;
+:func:`open_backend` is what the commands use: it also sets how a PyTorch model runs (fast path,
+precision policy, ``--eager``, ``--compile``) and says so in words.
 
 Security: a checkpoint is data and is only ever read by the safe loader. A TorchScript file is a
 *program* (its code runs when it is loaded and on every call, and can read and write files), so it
@@ -20,15 +22,16 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..device import resolve_device
-from ..errors import PosterError, option
+from ..errors import CheckpointError, PosterError, option
 from ..meta import TORCHSCRIPT_META_FILE, ModelMeta, meta_from_props, model_meta
 
 RUNTIMES = ("auto", "torch", "onnx", "torchscript")
@@ -290,3 +293,91 @@ def load_backend(path_or_checkpoint: str | os.PathLike | nn.Module, runtime: str
 
         backend = TorchBackend(load_model(path_or_checkpoint, device=resolve_device(device), **load_options))
     return backend, backend.meta
+
+
+# --------------------------------------------------------------------------- one way to open a model
+_EXPORT_ENGINES = {"onnx": "ONNX Runtime", "torchscript": "TorchScript"}
+
+
+@dataclass
+class OpenedBackend:
+    """What :func:`open_backend` made: ``backend(x) -> logits`` with the ``meta`` of its weights.
+
+    ``runtime``: ``torch``, ``onnx`` or ``torchscript``.  ``precision``: what the backend computes in
+    (``fp32``/``bf16``; exports are fp32).  ``description``: how it runs, in the words of the INFO
+    lines and ``GET /v1/model`` (``"PyTorch bf16 fast path (112 BN folded, channels-last)"``,
+    ``"PyTorch eager fp32"``, ``"ONNX Runtime"``).  ``model``: the PyTorch model as loaded (None for
+    exports); ``fast``: its fast path (None when it runs as written).  ``source``: the name it was
+    opened by."""
+
+    backend: Callable[[Any], Any]
+    meta: ModelMeta
+    runtime: str
+    precision: str
+    description: str
+    device: torch.device
+    source: str
+    model: nn.Module | None = None
+    fast: Any = None
+
+
+def open_backend(source: str | os.PathLike | nn.Module | None = None, *, runtime: str = "auto",
+                 device: str | torch.device = "auto", precision: str = "auto", eager: bool = False,
+                 compile: bool = False, trace: bool = False, purpose: str = "predict",
+                 **load_options: Any) -> OpenedBackend:
+    """The one way from a weights file, release name, export or model to a runnable backend, for
+    ``predict``, ``serve``, ``test`` and ``Recognizer``.
+
+    ``source``: a checkpoint or release name, an ``.onnx`` file, a TorchScript file (only with
+    ``runtime="torchscript"``), an ``nn.Module`` with ``.meta``, or None for the bundled model.
+    PyTorch models run their fast path (BN folded, channels-last, ``precision`` as
+    ``poster.precision.resolve_precision`` reads it for ``purpose``) unless ``eager`` asks for the
+    model exactly as written (fp32); ``compile`` adds ``torch.compile``; ``trace`` runs an fp32 CPU
+    fast path as a traced graph where that is verified to give the same numbers
+    (``accelerate.use_traced_graph``: a server's other threads no longer stall it at every op).
+    ``load_options`` (``dataset``, ``channel_order``) go to ``poster.load_model``.
+    """
+    from ..precision import resolve_precision
+    from .accelerate import describe_inference, prepare_inference, use_traced_graph
+
+    if runtime not in RUNTIMES:
+        raise PosterError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if source is None:
+        from ..pretrained import bundled_model_path
+
+        source = str(bundled_model_path())
+    if runtime == "auto":
+        runtime = "torch" if isinstance(source, nn.Module) else detect_runtime(source)
+    name = str(getattr(getattr(source, "meta", None), "source", "") or type(source).__name__) \
+        if isinstance(source, nn.Module) else str(source)
+    if runtime != "torch":
+        if precision != "auto" or eager or compile:
+            raise PosterError(f"{option('precision')}, {option('eager')} and {option('compile')} apply to the "
+                              f"PyTorch runtime, not {runtime}")
+        backend, meta = load_backend(source, runtime, device=device, **load_options)
+        return OpenedBackend(backend, meta, runtime, "fp32", _EXPORT_ENGINES[runtime], backend.device, name)
+    if eager and precision == "bf16":
+        raise PosterError(f"{option('eager')} runs the model as written in fp32; it cannot be combined with "
+                          f"{option('precision', 'bf16')}")
+    if eager and compile:
+        raise PosterError(f"{option('eager')} runs the model as written; it cannot be combined with {option('compile')}")
+    device = resolve_device(device)
+    if isinstance(source, nn.Module):
+        if not isinstance(getattr(source, "meta", None), ModelMeta):
+            raise CheckpointError("the model has no .meta (class names, channel order, normalisation): load it "
+                                  "with poster.load_model, or give a backend and its meta to Recognizer(backend, meta)")
+        model = source.to(device).eval()
+    else:
+        from ..checkpoint.loading import load_model
+
+        model = load_model(source, device=device, **load_options)
+    meta = model_meta(model)
+    if eager:
+        return OpenedBackend(TorchBackend(model, meta), meta, "torch", "fp32", "PyTorch " + describe_inference(None),
+                             device, name, model=model)
+    resolved = resolve_precision(precision, device, purpose)
+    fast = prepare_inference(model, device, resolved, channels_last=True, compile=compile, warmup_batch_sizes=())
+    if trace:
+        use_traced_graph(fast, meta.input.input_size)
+    return OpenedBackend(fast, meta, "torch", resolved, "PyTorch " + describe_inference(fast), device, name,
+                         model=model, fast=fast)

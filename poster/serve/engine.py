@@ -155,7 +155,8 @@ class InferenceEngine:
         return {"model": self.model_name, "architecture": meta.arch, "num_classes": len(self.class_names),
                 "classes": list(self.class_names), "input": meta.input.to_dict(), "dataset": meta.dataset,
                 "source": _without_server_path(str(meta.source or self.model_name)),
-                "crop_size": rec.crop_size, "device": str(rec.device), "detectors": list(DETECTORS)}
+                "crop_size": rec.crop_size, "device": str(rec.device), "precision": rec.precision,
+                "engine": rec.engine, "detectors": list(DETECTORS)}
 
 
 def _without_server_path(source: str) -> str:
@@ -174,28 +175,13 @@ def model_display_name(checkpoint: str | None) -> str:
 
 def load_recognizer(checkpoint: str | None, device: str = "auto", runtime: str = "auto", precision: str = "auto",
                     eager: bool = False):
-    """A ``Recognizer`` for any checkpoint, release name, ONNX or TorchScript file, as ``predict`` builds it:
-    the PyTorch runtime runs the fast path (BN folded, channels-last; bf16 where it is native, with
-    ``precision="auto"``; in fp32 on a CPU as a traced graph where that is verified to give the same
-    numbers, ``poster.inference.accelerate.use_traced_graph``) unless ``eager`` asks for the model
-    exactly as written in fp32.
+    """A ``Recognizer`` for any checkpoint, release name, ONNX or TorchScript file, as ``predict`` builds it
+    (``Recognizer.open``: the fast path with the prediction precision policy unless ``eager``), and on
+    a CPU in fp32 as a traced graph where that is verified to give the same numbers: the server's
+    event loop and decoding threads would stall an eager model at every op (the GIL).
 
     The detector is chosen per request by the engine, so the recogniser itself has none."""
-    from ..inference.accelerate import eager_precision, use_traced_graph
-    from ..inference.recognizer import Recognizer, default_checkpoint
-    from ..inference.runtime import detect_runtime, load_backend
+    from ..inference.recognizer import Recognizer
 
-    path = checkpoint if checkpoint is not None else default_checkpoint()
-    runtime = detect_runtime(path) if runtime == "auto" else runtime
-    if runtime == "torch":
-        recognizer = Recognizer.from_checkpoint(path, device, "none", precision=eager_precision(precision, eager),
-                                                fast=not eager, prefetch=False)
-        if recognizer.fast_inference is not None:
-            # the server's event loop and decoding threads would stall an eager model at every op
-            # (the GIL); a traced graph, used only where it gives the same numbers, runs without it
-            use_traced_graph(recognizer.fast_inference, recognizer.meta.input.input_size)
-        return recognizer
-    if precision != "auto" or eager:
-        raise PosterError(f"--precision and --eager apply to the PyTorch runtime, not {runtime}")
-    backend, meta = load_backend(path, runtime, device=device)
-    return Recognizer(backend, meta, "none", device=device, prefetch=False)
+    return Recognizer.open(checkpoint, runtime=runtime, device=device, detector="none", precision=precision,
+                           eager=eager, trace=True, prefetch=False)

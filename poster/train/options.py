@@ -23,8 +23,8 @@ class TrainOptions:
     test_split: str | None = "test"
     select_on: str = "val"  # "val" (honest) or "test" (the papers' protocol, reported as such)
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: str = "auto"  # auto: NHWC convolutions whenever bf16 autocast is on (CUDA, or CPU with --precision bf16)
+    precision: str = "auto"  # auto: bf16 autocast where native (CUDA, CPUs with AMX/AVX512-BF16), else fp32 (poster.precision)
+    channels_last: str = "auto"  # auto: NHWC convolutions whenever bf16 autocast is on
     ir50: str | None = None
     landmark: str | None = None
     resume: bool = False

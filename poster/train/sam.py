@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..precision import autocast
+
 __all__ = ["SAM", "sam_train_step"]
 
 _SAM_STATE_KEYS = ("old_p", "e_w")  # per-parameter keys the original implementation stored
@@ -205,7 +207,7 @@ def sam_train_step(model: nn.Module, optimizer: SAM, loss_fn: nn.Module, x: torc
     device_type = x.device.type
 
     def forward_loss() -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast("bf16" if bf16 else "fp32", device_type):
             logits = model(x)
         return loss_fn(logits.float(), y), logits
 

@@ -35,6 +35,7 @@ from ..fileio import remove_stale_temporaries
 from ..meta import ModelMeta
 from ..evaluation.metrics import classification_report
 from ..models import create_model
+from ..precision import autocast, channels_last_for, resolve_precision
 from .augment import AugmentConfig, BatchAugment
 from .bundle import DataBundle, build_data_bundle
 from .data import EpochSampler, UInt8ImageDataset, balanced_weights
@@ -84,10 +85,10 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.use_bf16 = options.precision == "bf16" or (options.precision == "auto" and self.device.type == "cuda")
-        # NHWC is where oneDNN/cuDNN bf16 convolutions are fastest (measured ~1.3x on an AMX CPU);
-        # the IR token reshape is a logical reshape, so the result does not depend on the layout.
-        self.channels_last = options.channels_last == "on" or (options.channels_last == "auto" and self.use_bf16)
+        self.precision = resolve_precision(options.precision, self.device, "train")
+        self.use_bf16 = self.precision == "bf16"
+        # the IR token reshape is a logical reshape, so the result does not depend on the layout
+        self.channels_last = channels_last_for(options.channels_last, self.precision)
         if recipe.batch_size % self.dist.world_size:
             raise PosterError(f"batch size {recipe.batch_size} is not divisible by the {self.dist.world_size} "
                               "processes: the global batch is kept, so it must split evenly")
@@ -324,7 +325,7 @@ class Trainer:
         model = self.model if model is None else model
         ds = ImageListDataset(records, self.data.class_names, transform=EvalTransform(self.meta.input))
         loader = DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.workers)
-        with _evaluating(model), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        with _evaluating(model), autocast(self.precision, self.device):
             logits, y = predict_logits(model, loader, self.device)
         names = self.data.class_names
         report = classification_report(logits.argmax(1).numpy(), y, len(names), names)
