@@ -84,7 +84,8 @@ def test_recognizer_predict_and_serve_follow_the_policy(native, monkeypatch):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_trainer_and_benchmark_follow_the_training_policy(native, monkeypatch, tmp_path):
-    from poster.benchmark import BenchmarkOptions, _plan
+    from poster.benchmark.options import BenchmarkOptions
+    from poster.benchmark.runner import _plan
     from poster.train.options import TrainOptions
     from poster.train.recipes import get_recipe
     from poster.train.trainer import Trainer

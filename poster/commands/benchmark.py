@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import logging
 
-from ..benchmark import MODELS, BenchmarkOptions
+from ..benchmark.options import MODELS, BenchmarkOptions
 from ..errors import PosterError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..benchmark import format_report, run_benchmark
+    from ..benchmark.runner import format_report, run_benchmark
 
     if args.threads is not None:
         if args.threads < 1:
