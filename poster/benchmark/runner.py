@@ -427,8 +427,8 @@ def _cpu_batch1(model: nn.Module, plan: _Plan, o: BenchmarkOptions, tmp: Path) -
         out[name + "_max_abs_diff"] = (fast(x) - ref_logits).abs().max().item()
     if o.onnx:
         try:
-            from .inference.export import export_onnx
-            from .inference.runtime import OnnxBackend
+            from ..inference.export import export_onnx
+            from ..inference.runtime import OnnxBackend
 
             n = int(getattr(model, "num_classes", 7))
             meta = ModelMeta(arch=o.model, num_classes=n, class_names=tuple(f"class_{i}" for i in range(n)),
