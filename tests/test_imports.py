@@ -80,3 +80,50 @@ def test_no_import_cycles_even_counting_function_local_imports():
     for module in sorted(graph):
         visit(module, [])
     assert not cycles, cycles[:3]
+
+
+def _design_table() -> dict[str, set[str] | None]:
+    """docs/design.md's "Who may import whom": layer -> the layers it may import (None: everything).
+
+    A row names its layers in backticks (parenthesised notes are ignored); "nothing of poster" is the
+    empty set, "everything" means any module."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text(encoding="utf-8")
+    section = text.split("## Who may import whom", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, set[str] | None] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or cells[0] in ("layer", "---"):
+            continue
+        layers, allowed = (re.findall(r"`([\w.*]+)`", re.sub(r"\([^)]*\)", "", c)) for c in cells)
+        for layer in layers:
+            table[layer] = None if "everything" in cells[1] else {a.removesuffix(".*") for a in allowed}
+    return table
+
+
+def _layer_of(module: str, layers) -> str | None:
+    """The most specific layer ``poster.<layer>`` that ``module`` is or lies inside."""
+    inside = [layer for layer in layers if module == f"poster.{layer}" or module.startswith(f"poster.{layer}.")]
+    return max(inside, key=len, default=None)
+
+
+def test_the_import_graph_keeps_to_the_table_in_design_md():
+    table = _design_table()
+    assert {"errors", "models", "inference", "serve", "commands"} <= set(table), table
+    graph = _import_graph()
+    unplaced = sorted(m for m in graph if m != "poster" and _layer_of(m, table) is None)
+    assert not unplaced, f"modules docs/design.md's table does not place: {unplaced}"
+    broken = []
+    for module, targets in sorted(graph.items()):
+        layer = _layer_of(module, table)
+        if layer is None or table[layer] is None:
+            continue
+        for target in sorted(targets - {"poster"}):  # the lazy package root imports nothing at load time
+            target_layer = _layer_of(target, table)
+            allowed = table[layer] | {layer, "errors"}  # the exception types are everyone's
+            if not any(target == f"poster.{a}" or target.startswith(f"poster.{a}.") or target_layer == a
+                       for a in allowed):
+                broken.append(f"{module} -> {target}")
+    assert not broken, "imports that docs/design.md's table does not allow:\n" + "\n".join(broken)
