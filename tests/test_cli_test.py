@@ -107,6 +107,22 @@ def test_poster_test_folder_layout(tmp_path, capsys):
     assert report["model"]["input"]["channel_order"] == "RGB"
 
 
+def test_poster_test_ferplus_names_an_official_files_classes(tmp_path, capsys):
+    """--dataset ferplus gives an official-format file (no class names inside) the FER+ order."""
+    from layout_standins import write_stand_in
+
+    classes = write_stand_in("ferplus", tmp_path / "data")
+    torch.manual_seed(4)
+    model = poster.create_model("poster_v1_small", num_classes=8, token_mixing=False)
+    ckpt = poster.export_official(tmp_path / "ferplus_small.pth", model, "v1")
+    rc = main(["test", "-c", str(ckpt), "--dataset", "ferplus", "--data", str(tmp_path / "data"),
+               "-j", "0", "-o", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["num_images"] == 8 and report["class_names"] == list(classes)
+    assert report["class_mapping"] == {c: c for c in classes}  # not AffectNet-8's order, which the keys suggest
+
+
 def _error(capsys, argv) -> str:
     rc = main(argv)
     err = capsys.readouterr().err

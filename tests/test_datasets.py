@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -11,18 +13,25 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from layout_standins import FOLDER_SPLITS, STAND_INS, write_stand_in
 from poster.data import (
     AFFECTNET7_CLASSES,
     AFFECTNET8_CLASSES,
+    DATASET_CLASSES,
+    DATASET_NAMES,
+    DATASET_TITLES,
     FER2013_CLASSES,
+    LAYOUTS,
     RAFDB_CLASSES,
     EvalTransform,
     ImageListDataset,
     build_dataset,
     folder_records,
+    get_layout,
     parse_label_file,
     parse_label_text,
 )
+from poster.data.labels import CAERS_CLASSES
 from poster.errors import DatasetError
 from poster.meta import InputConfig
 
@@ -369,3 +378,116 @@ def test_image_list_dataset_validation(tmp_path):
         batch_size=2)
     xb, yb = next(iter(loader))
     assert xb.shape == (2, 3, 8, 8) and yb.tolist() == [1, 0]
+
+
+# ------------------------------------------------------------------------------ the layout registry
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_layout_record_is_complete_and_its_names_unique():
+    assert DATASET_NAMES == tuple(layout.name for layout in LAYOUTS)
+    keys = [n.lower().replace("-", "").replace("_", "") for layout in LAYOUTS for n in (layout.name, *layout.aliases)]
+    assert len(keys) == len(set(keys)), "a name or alias is used twice"
+    for layout in LAYOUTS:
+        assert re.fullmatch(r"[a-z0-9]+", layout.name), layout.name  # what --dataset offers, as build_dataset keys it
+        assert isinstance(layout.title, str) and layout.title.strip(), layout.name
+        assert callable(layout.read), layout.name
+        assert all(isinstance(s, str) and s for s in layout.splits), layout.name
+        if layout.classes is not None:
+            assert layout.classes and len(set(layout.classes)) == len(layout.classes), layout.name
+    assert DATASET_CLASSES == {layout.name: layout.classes for layout in LAYOUTS if layout.classes is not None}
+    assert set(DATASET_TITLES) == set(DATASET_NAMES)
+    # the class-folder layout is the only one whose classes come from the tree
+    assert [layout.name for layout in LAYOUTS if layout.classes is None] == ["folder"]
+    assert set(STAND_INS) == set(DATASET_NAMES), "every registered layout needs a stand-in in tests/layout_standins.py"
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_every_layout_builds_from_its_stand_in(name, tmp_path):
+    layout = get_layout(name)
+    classes = write_stand_in(name, tmp_path)
+    for split in layout.splits or FOLDER_SPLITS:
+        ds = build_dataset(name, tmp_path, split)
+        assert ds.name == name and ds.split == split
+        assert ds.class_names == classes and ds.targets == list(range(len(classes))), split
+        x, y = ds[len(ds) - 1]
+        assert x.shape == (48, 48, 3) and y == len(classes) - 1
+    with pytest.raises(DatasetError, match="nosuchsplit"):
+        build_dataset(name, tmp_path, "nosuchsplit")
+
+
+def test_class_names_rename_label_code_layouts_and_choose_class_folders(tmp_path):
+    write_stand_in("ferplus", tmp_path / "ferplus")
+    renamed = tuple(f"c{i}" for i in range(8))
+    assert build_dataset("ferplus", tmp_path / "ferplus", "test", class_names=renamed).class_names == renamed
+    with pytest.raises(DatasetError, match="ferplus has 8 classes, 2 class names given"):
+        build_dataset("ferplus", tmp_path / "ferplus", "test", class_names=("a", "b"))
+    root = tmp_path / "caers"
+    write_stand_in("caers", root)
+    backwards = tuple(reversed(CAERS_CLASSES))
+    ds = build_dataset("caers", root, "test", class_names=backwards)
+    assert ds.class_names == backwards
+    assert {Path(p).parent.name: label for p, label in ds.records} == {c: i for i, c in enumerate(backwards)}
+    # CAER-S's classes are fixed: a stray folder is refused, a missing one only where allowed (poster test)
+    (root / "test" / "Contempt").mkdir()
+    with pytest.raises(DatasetError, match=r"unexpected folder.*Contempt"):
+        build_dataset("caers", root, "test")
+    shutil.rmtree(root / "test" / "Contempt")
+    shutil.rmtree(root / "test" / "Anger")
+    with pytest.raises(DatasetError, match=r"missing .*\['Anger'\]"):
+        build_dataset("caers", root, "test")
+    ds = build_dataset("caers", root, "test", allow_empty_classes=True)
+    assert ds.class_names == CAERS_CLASSES and ds.class_counts() == [0, 1, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("alias,name", [("RAF-DB", "rafdb"), ("raf", "rafdb"), ("AffectNet", "affectnet7"),
+                                        ("affectnet_8", "affectnet8"), ("ImageFolder", "folder"),
+                                        ("FER2013", "fer2013"), ("FERPlus", "ferplus"), ("CAER-S", "caers")])
+def test_aliases_resolve(alias, name, tmp_path):
+    assert get_layout(alias) is get_layout(name)
+    write_stand_in(name, tmp_path)
+    split = (get_layout(name).splits or FOLDER_SPLITS)[0]
+    assert build_dataset(alias, tmp_path, split).name == name
+
+
+def test_every_alias_resolves_to_its_layout():
+    for layout in LAYOUTS:
+        for alias in layout.aliases:
+            assert get_layout(alias) is layout and get_layout(alias.upper()) is layout
+
+
+def test_unknown_layout_is_one_error_naming_the_known_ones(tmp_path):
+    with pytest.raises(DatasetError) as ei:
+        build_dataset("ckplus", tmp_path, "train")
+    msg = str(ei.value)
+    assert "\n" not in msg and "'ckplus'" in msg
+    assert msg.endswith("use one of " + ", ".join(DATASET_NAMES))
+
+
+def test_ferplus_is_offered_wherever_a_dataset_is_chosen():
+    from poster.cli import build_parser
+
+    parser = build_parser()
+    for command in (["export", "-c", "x.pth"], ["test", "-c", "x.pth", "--data", "d"], ["train"]):
+        assert parser.parse_args([*command, "--dataset", "ferplus"]).dataset == "ferplus"
+
+
+def test_a_dataset_hint_names_the_classes_of_an_anonymous_official_file():
+    from poster.checkpoint.loading import release_meta
+
+    for name, classes in DATASET_CLASSES.items():
+        assert release_meta("poster_v2", {"num_classes": len(classes)}, name, "x.pth").class_names == classes
+
+
+def test_recipes_train_on_registered_layouts():
+    from poster.train.recipes import RECIPES
+
+    assert {r.dataset for r in RECIPES.values()} <= set(DATASET_NAMES)
+
+
+def test_readme_dataset_table_lists_every_layout():
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("| dataset (`--dataset`) | layout |"):].split("\n\n", 1)[0]
+    listed = re.findall(r"`([a-z0-9]+)`", "".join(row.split("|")[1] for row in table.splitlines()[2:]))
+    assert sorted(listed) == sorted(DATASET_NAMES)

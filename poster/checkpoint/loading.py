@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..data.labels import DATASET_CLASSES
+from ..data.layouts import DATASET_CLASSES
 from ..errors import CheckpointError, option
 from ..hub import resolve_weights
 from ..meta import MAX_CLASSES, InputConfig, ModelMeta

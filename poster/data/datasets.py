@@ -12,7 +12,8 @@ the line) instead of halfway through an epoch.  Parsing is kept apart from image
 * ``rafdb_records`` / ``affectnet_records`` / ``folder_records`` turn a dataset root into
   ``(path, label)`` records and class names;
 * ``ImageListDataset`` loads and transforms the images of a record list;
-* ``build_dataset(name, root, split, ...)`` ties the three together.
+* ``poster.data.layouts`` names each layout, with its reader and classes, and ``build_dataset``
+  ties the three together.
 """
 
 from __future__ import annotations
@@ -27,23 +28,19 @@ from torch.utils.data import Dataset
 
 from ..errors import DatasetError, option
 from ..meta import check_channel_order
-from .labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
+from .labels import RAFDB_CLASSES
 from .transforms import CHANNEL_ORDERS, IMAGE_EXTENSIONS, load_image
 
 __all__ = [
     "LabelLine",
-    "DATASET_NAMES",
     "parse_label_file",
     "parse_label_text",
     "rafdb_records",
     "affectnet_records",
     "folder_records",
     "ImageListDataset",
-    "build_dataset",
     "check_images",
 ]
-
-DATASET_NAMES = ("rafdb", "affectnet7", "affectnet8", "folder", "fer2013", "ferplus", "caers")
 
 RAFDB_LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"  # (sic) the official spelling
 RAFDB_IMAGE_DIR = Path("Image") / "aligned"
@@ -403,62 +400,6 @@ class ImageListDataset(Dataset):
         where = f", root={self.root!r}, split={self.split!r}" if self.root is not None else ""
         return (f"ImageListDataset({what}{len(self)} images, {self.num_classes} classes, "
                 f"channel_order={self.channel_order!r}{where})")
-
-
-def build_dataset(name: str, root: str | os.PathLike, split: str | None,
-                  transform: Callable[[Any], Any] | None = None, channel_order: str | None = None,
-                  class_names: Sequence[str] | None = None, check_files: bool = True,
-                  allow_empty_classes: bool = False) -> ImageListDataset:
-    """Build a dataset by layout name.
-
-    ``name``: ``rafdb``, ``affectnet7`` / ``affectnet8`` (docs/faithfulness.md#datasets-and-label-orders), ``folder``
-    (class-per-folder, sorted folder names unless ``class_names``), ``fer2013`` (folder layout
-    with ``FER2013_CLASSES``).  For rafdb/affectnet, ``class_names`` may rename the classes but
-    must have the right length.  ``check_files=False`` skips the per-image existence check of the
-    label-file layouts (useful for huge sets on slow disks).  ``allow_empty_classes``: folder
-    layouts accept classes without images (``fer2013`` also without their folder), for evaluating
-    on data that lacks some classes (``poster test``).  ``channel_order``: see
-    ``ImageListDataset``; note the released V1 RAF-DB weights expect BGR.
-    """
-    key = str(name).lower().replace("-", "").replace("_", "")
-    origins: dict[str, str] = {}
-    if key in ("rafdb", "raf"):
-        records = rafdb_records(root, split or "", check_files, origins=origins)
-        default: tuple[str, ...] | None = RAFDB_CLASSES
-        key = "rafdb"
-    elif key in ("affectnet7", "affectnet"):
-        records = affectnet_records(root, split or "", 7, check_files, origins=origins)
-        default, key = AFFECTNET7_CLASSES, "affectnet7"
-    elif key == "affectnet8":
-        records = affectnet_records(root, split or "", 8, check_files, origins=origins)
-        default = AFFECTNET8_CLASSES
-    elif key in ("folder", "imagefolder"):
-        records, names = folder_records(root, split, class_names, allow_empty_classes)
-        default, class_names, key = names, None, "folder"
-    elif key in ("caers", "caer"):
-        # CAER-S ships as class folders (<root>/train/<class>, <root>/test/<class>).
-        records, names = folder_records(root, split, class_names, allow_empty_classes)
-        default, class_names, key = names, None, "caers"
-    elif key == "ferplus":
-        from .ferplus import FERPLUS_CLASSES, ferplus_records
-
-        records, _ = ferplus_records(root, split or "train")
-        default = FERPLUS_CLASSES
-    elif key == "fer2013":
-        records, names = folder_records(root, split, class_names if class_names is not None else FER2013_CLASSES,
-                                        allow_empty_classes)
-        default, class_names = names, None
-    else:
-        raise DatasetError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}")
-    if class_names is not None:
-        class_names = tuple(str(c) for c in class_names)
-        if len(class_names) != len(default):
-            raise DatasetError(f"{key} has {len(default)} classes, {len(class_names)} class names given")
-    names_final = class_names if class_names is not None else default
-    ds = ImageListDataset(records, names_final, transform=transform, channel_order=channel_order,
-                          name=key, root=root, split=split)
-    ds.origins = origins
-    return ds
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,17 +19,6 @@ _ABBREVIATIONS = {
     "sadness": "SA", "sad": "SA", "anger": "AN", "angry": "AN", "neutral": "NE", "contempt": "CO",
 }
 
-DATASET_CLASSES = {
-    "rafdb": RAFDB_CLASSES,
-    "affectnet7": AFFECTNET7_CLASSES,
-    "affectnet8": AFFECTNET8_CLASSES,
-    "fer2013": FER2013_CLASSES,
-    "caers": CAERS_CLASSES,
-}
-
-# Plot titles of the original test scripts.
-DATASET_TITLES = {"rafdb": "RAF-DB", "affectnet7": "AffectNet", "affectnet8": "AffectNet_8class", "fer2013": "FER2013"}
-
 
 def abbreviate(name: str) -> str:
     """Two-letter label used on confusion-matrix axes (falls back to the name itself)."""
