@@ -7,7 +7,7 @@ import logging
 import re
 from pathlib import Path
 
-from ..data import DATASET_CLASSES
+from ..data.layouts import DATASET_CLASSES
 from ..errors import PosterError
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..models.registry import get_arch, list_models
-from ..pretrained import BUNDLED_MODEL, BUNDLED_RELEASE, RELEASES, weights_dir
 
 
 def add_parser(subparsers) -> None:
@@ -12,6 +10,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..models.registry import get_arch, list_models
+    from ..pretrained import BUNDLED_MODEL, BUNDLED_RELEASE, RELEASES, weights_dir
+
     print("Architectures (poster.create_model):")
     for name in list_models():
         print(f"  {name:18s} {get_arch(name).description}")

@@ -10,14 +10,11 @@ import logging
 import re
 from pathlib import Path
 
-from ..data import DATASET_CLASSES, DATASET_NAMES, DATASET_TITLES, EvalTransform, abbreviate, build_dataset
 from ..data.classmap import ClassMapping, map_classes, parse_class_map
-from ..data.datasets import ImageListDataset
+from ..data.labels import abbreviate
+from ..data.layouts import DATASET_CLASSES, DATASET_NAMES, DATASET_TITLES, build_dataset
 from ..errors import PosterError
-from ..device import resolve_device
-from ..evaluation.evaluate import evaluate
 from ..fileio import atomic_write_text, claim_run_folder
-from ..inference.runtime import open_backend
 from ..runlock import lock_run_folder
 from ..textsafe import csv_cell, printable
 
@@ -93,11 +90,13 @@ def _map_classes(model_meta, dataset, class_map: str | None) -> ClassMapping:
     return mapping
 
 
-def _without_excluded(dataset: ImageListDataset, mapping: ClassMapping) -> ImageListDataset:
+def _without_excluded(dataset, mapping: ClassMapping):
     """The dataset less the images of the classes ``--class-map`` leaves out."""
     if not mapping.excluded:
         return dataset
     keep = [r for r in dataset.records if mapping.to_model[r[1]] >= 0]
+    from ..data.datasets import ImageListDataset
+
     subset = ImageListDataset(keep, dataset.class_names, transform=dataset.transform, name=dataset.name,
                               root=dataset.root, split=dataset.split)
     log.info("left out %d images of %s", len(dataset) - len(subset), ", ".join(mapping.excluded))
@@ -118,6 +117,12 @@ def _print_per_class(report, absent: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
+    # torch, OpenCV and the model stack load here, not when the parser is built (poster --help)
+    from ..data.transforms import EvalTransform
+    from ..device import resolve_device
+    from ..evaluation.evaluate import evaluate
+    from ..inference.runtime import open_backend
+
     device = resolve_device(args.device)
     hint = args.dataset if args.dataset in DATASET_CLASSES else None
     opened = open_backend(args.checkpoint, runtime="torch", device=device, precision=args.precision,

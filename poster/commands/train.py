@@ -10,11 +10,11 @@ import math
 import os
 from pathlib import Path
 
-from ..data import DATASET_NAMES
+from ..data.layouts import DATASET_NAMES
 from ..errors import PosterError
 from ..textsafe import printable
+from ..train.options import TrainOptions
 from ..train.recipes import get_recipe, list_recipes
-from ..train.trainer import Trainer, TrainOptions
 
 # Option defaults live on TrainOptions; the parser reads them from there (tests check every flag).
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tensorboard=args.tensorboard, sync_bn=args.sync_bn, deterministic=args.deterministic, cache=args.cache,
         skip_bad=args.skip_bad)
+    from ..train.trainer import Trainer  # torch and the training stack: only when a run starts
+
     with _locked_run_folder(Path(output_dir), args.resume):
         result = Trainer(recipe, options).fit()
     if result:

@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from ..errors import DatasetError
-from .datasets import ImageListDataset, Record, affectnet_records, folder_records, rafdb_records
-from .ferplus import FERPLUS_CLASSES, ferplus_records
+from .ferplus import FERPLUS_CLASSES
 from .labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, CAERS_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
 
 __all__ = ["DatasetLayout", "ReadOptions", "LAYOUTS", "DATASET_NAMES", "DATASET_CLASSES", "DATASET_TITLES",
            "get_layout", "build_dataset"]
+
+
+# The readers (poster.data.datasets, poster.data.ferplus) load torch and OpenCV; they are imported
+# when a dataset is read, so that the command line can offer --dataset NAME without them.
+Record = tuple[str, int]  # (image path, class index)
 
 
 class ReadOptions(NamedTuple):
@@ -54,18 +58,26 @@ class DatasetLayout:
 
 
 def _read_rafdb(root: Path, split: str | None, opts: ReadOptions) -> tuple[list[Record], None]:
+    from .datasets import rafdb_records
+
     return rafdb_records(root, split or "", opts.check_files, origins=opts.origins), None
 
 
 def _read_affectnet(num_classes: int, root: Path, split: str | None, opts: ReadOptions) -> tuple[list[Record], None]:
+    from .datasets import affectnet_records
+
     return affectnet_records(root, split or "", num_classes, opts.check_files, origins=opts.origins), None
 
 
 def _read_folders(root: Path, split: str | None, opts: ReadOptions) -> tuple[list[Record], tuple[str, ...]]:
+    from .datasets import folder_records
+
     return folder_records(root, split, opts.class_names, opts.allow_empty_classes)
 
 
 def _read_ferplus(root: Path, split: str | None, opts: ReadOptions) -> tuple[list[Record], None]:
+    from .ferplus import ferplus_records
+
     return ferplus_records(root, split or "train")[0], None
 
 
@@ -106,7 +118,7 @@ def get_layout(name: str) -> DatasetLayout:
 def build_dataset(name: str, root: str | os.PathLike, split: str | None,
                   transform: Callable[[Any], Any] | None = None, channel_order: str | None = None,
                   class_names: Sequence[str] | None = None, check_files: bool = True,
-                  allow_empty_classes: bool = False) -> ImageListDataset:
+                  allow_empty_classes: bool = False) -> "ImageListDataset":
     """Build a dataset by layout name (``LAYOUTS``; README "Supported models, datasets and files").
 
     ``class_names``: for folder layouts, the class folders to read, in order (default: the
@@ -118,6 +130,8 @@ def build_dataset(name: str, root: str | os.PathLike, split: str | None,
     test``).  ``channel_order``: see ``ImageListDataset``; note the released V1 RAF-DB weights
     expect BGR.
     """
+    from .datasets import ImageListDataset
+
     layout = get_layout(name)
     asked = tuple(str(c) for c in class_names) if class_names is not None else None
     opts = ReadOptions(asked if asked is not None else layout.classes, check_files, allow_empty_classes, {})
