@@ -18,6 +18,9 @@ instructions (AMX-BF16 or AVX512-BF16); other CPUs emulate bf16 in oneDNN, which
 slower than fp32, so there ``auto`` stays fp32 and an explicit ``bf16`` runs with a warning.
 A CUDA device without bf16 refuses an explicit ``bf16`` (torchtune's rule).
 
+The names of this module need no torch until a function runs, so the command line takes its
+``--precision`` choices (``REQUESTS``) from here without loading it.
+
 ``POSTER_CPU_BF16=0`` or ``=1`` overrides the CPU detection (the tests use it to run the suite as on
 a CPU without bf16 whatever the machine, and to fake one with it).
 """
@@ -27,10 +30,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import PosterError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PRECISIONS", "REQUESTS", "PURPOSES", "cpu_has_native_bf16", "native_bf16", "resolve_precision",
            "autocast", "channels_last_for"]
@@ -67,6 +72,8 @@ def cpu_has_native_bf16() -> bool:
 
 def native_bf16(device: str | torch.device) -> bool:
     """True where bf16 runs natively: a CUDA device that supports it, or a CPU with bf16 instructions."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -80,6 +87,8 @@ def resolve_precision(requested: str, device: str | torch.device, purpose: str) 
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     if requested not in REQUESTS:
         raise PosterError(f"precision must be auto, fp32 or bf16, got {requested!r}")
+    import torch
+
     device = torch.device(device)
     if requested == "auto":
         return "bf16" if purpose != "evaluate" and native_bf16(device) else "fp32"
@@ -99,6 +108,8 @@ def _warn_emulated(device_type: str) -> None:  # once per process and device typ
 def autocast(precision: str, device: str | torch.device, cache_enabled: bool | None = None):
     """The autocast context of ``precision`` on ``device`` (a no-op context in fp32).  ``cache_enabled``
     as for ``torch.autocast`` (inference and CUDA graphs need ``False``)."""
+    import torch
+
     kwargs = {} if cache_enabled is None else {"cache_enabled": cache_enabled}
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16", **kwargs)
 

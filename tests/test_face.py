@@ -23,6 +23,7 @@ from poster.face import (
     bundled_yunet_path,
     crop_box,
     face_crop,
+    list_detectors,
     similarity_transform,
     template_points,
     transform_points,
@@ -150,6 +151,9 @@ def test_build_detector():
     with pytest.raises(PosterError, match="not found"):
         YuNetDetector(model_path="/nonexistent/yunet.onnx")
     assert bundled_yunet_path().is_file()
+    from poster.face import DETECTOR_NAMES  # what the command line offers without loading OpenCV
+
+    assert tuple(list_detectors()) == DETECTOR_NAMES
 
 
 def test_yunet_on_blank_and_small_images(yunet):

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 
 from ..benchmark.options import MODELS, BenchmarkOptions
+from ..precision import REQUESTS
 from ..errors import PosterError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quick", action="store_true", default=DEFAULTS["quick"], help="tiny sizes for a smoke run")
     p.add_argument("--compile", action="store_true", default=DEFAULTS["compile"],
                    help="torch.compile the fast path (compile time reported)")
-    p.add_argument("--precision", default=DEFAULTS["precision"], choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default=DEFAULTS["precision"], choices=REQUESTS,
                    help="fast path precision (auto: bf16 autocast on CUDA and on CPUs with bf16 instructions "
                         "(AMX/AVX512-BF16), fp32 otherwise)")
     p.add_argument("--channels-last", default=CHANNELS_LAST_WORD[DEFAULTS["channels_last"]],

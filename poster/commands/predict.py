@@ -20,9 +20,9 @@ import math
 import sys
 from pathlib import Path
 
+from ..precision import REQUESTS
 from ..errors import PosterError
-from ..face.detect import list_detectors
-from ..inference.batch import BatchListener, BatchOptions, BatchSummary, Shard, open_run_folder, run_batch
+from ..face import DETECTOR_NAMES
 from ..textsafe import printable
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder, video, webcam index or URL")
     p.add_argument("-c", "--checkpoint", default=None,
                    help="weights file or release name (default: the bundled model, when installed)")
-    p.add_argument("--detector", default="yunet", choices=list_detectors(),
+    p.add_argument("--detector", default="yunet", choices=DETECTOR_NAMES,
                    help="face detector; 'none': every image is already one aligned face (default: yunet)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx", "torchscript"),
                    help="what runs the model: auto picks by the file (.onnx: ONNX Runtime; a TorchScript "
                         "export; else PyTorch)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=REQUESTS,
                    help="PyTorch runtime, which runs BN-folded and channels-last: bf16 autocast (much faster "
                         "on GPUs and on CPUs with bf16 instructions such as AMX; probabilities within ~1e-2) or "
                         "fp32 (within 1e-4 of the exact function); auto (default): bf16 where it is native, "
@@ -86,8 +86,9 @@ def add_parser(subparsers) -> None:
 # Printing
 
 
-class _Printer(BatchListener):
-    """What the batch job tells, printed: one line per face (unless ``--quiet``), problems on stderr."""
+class _Printer:
+    """What the batch job tells (a ``poster.inference.batch.BatchListener``), printed: one line per
+    face (unless ``--quiet``), problems on stderr."""
 
     def __init__(self, top_k: int, quiet: bool) -> None:
         self.top_k = top_k
@@ -115,7 +116,7 @@ def _print_faces(result, top_k: int, quiet: bool) -> None:
               + (f" ({others})" if others else ""))
 
 
-def _print_summary(summary: BatchSummary, results_path: Path, annotated_dir: Path | None) -> None:
+def _print_summary(summary, results_path: Path, annotated_dir: Path | None) -> None:
     parts = [f"{summary.images} images ({summary.images_without_face} without a face)"]
     if summary.videos or summary.frames:
         parts.append(f"{summary.videos} videos ({summary.frames} frames"
@@ -188,7 +189,9 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch, OpenCV and the inference stack load here, not when the parser is built (poster --help)
     from ..device import resolve_device
+    from ..inference.batch import BatchOptions, Shard, open_run_folder, run_batch
     from ..inference.recognizer import default_checkpoint
     from ..inference.runtime import detect_runtime
 

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from ..precision import REQUESTS
 from ..errors import PosterError
 
 log = logging.getLogger("poster")
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx", "torchscript"),
                    help="what runs the model (auto: by the file)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=REQUESTS,
                    help="PyTorch runtime, which runs BN-folded and channels-last as in predict: bf16 autocast or "
                         "fp32 (within 1e-4 of the exact function); auto (default): bf16 where it is native, else fp32")
     p.add_argument("--eager", action="store_true",

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..data.classmap import ClassMapping, map_classes, parse_class_map
 from ..data.labels import abbreviate
 from ..data.layouts import DATASET_CLASSES, DATASET_NAMES, DATASET_TITLES, build_dataset
+from ..precision import REQUESTS
 from ..errors import PosterError
 from ..fileio import atomic_write_text, claim_run_folder
 from ..runlock import lock_run_folder
@@ -39,7 +40,7 @@ def add_parser(subparsers) -> None:
                         "existing non-empty folder becomes DIR2, DIR3, ...)")
     p.add_argument("--exist-ok", action="store_true", help="write into the output folder even if it holds a report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=REQUESTS,
                    help="auto (default) = fp32 for evaluation: BN folded and channels-last, within the golden "
                         "tolerance (1e-4) of the model as written, so published numbers reproduce; bf16: "
                         "autocast, faster on GPUs and CPUs with bf16 instructions, probabilities within ~1e-2")

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..data.layouts import DATASET_NAMES
+from ..precision import REQUESTS
 from ..errors import PosterError
 from ..textsafe import printable
 from ..train.options import TrainOptions
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--select-on", choices=("val", "test"), default=DEFAULTS["select_on"],
                    help="'test' reproduces the papers' protocol (best test accuracy over epochs; optimistic)")
     p.add_argument("--device", default=DEFAULTS["device"])
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=DEFAULTS["precision"],
+    p.add_argument("--precision", choices=REQUESTS, default=DEFAULTS["precision"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU ('bf16' on a CPU with AMX/AVX512-BF16 "
                         "trains ~2x faster)")
     p.add_argument("--compile", action="store_true",

@@ -3,32 +3,34 @@
 ``build_detector("yunet" | "none" | detector)`` gives an object with ``detect(image_bgr) ->
 list[Face]``; ``face_crop`` / ``align_face`` turn a face into the crop a POSTER model expects
 (see ``poster.face.align`` for the canonical template and how it was chosen).
+
+The names load on first use (PEP 562): ``DETECTOR_NAMES`` (what the command line offers) needs no
+OpenCV; everything else does.
 """
 
-from .align import (
-    CANONICAL_TEMPLATE,
-    DEFAULT_CROP_SIZE,
-    align_face,
-    crop_box,
-    face_crop,
-    similarity_transform,
-    template_points,
-    transform_points,
-)
-from .detect import (
-    LANDMARK_NAMES,
-    Face,
-    FaceDetector,
-    NoDetector,
-    YuNetDetector,
-    build_detector,
-    bundled_yunet_path,
-    list_detectors,
-    register_detector,
-)
+import importlib as _importlib
 
-__all__ = [
-    "CANONICAL_TEMPLATE", "DEFAULT_CROP_SIZE", "LANDMARK_NAMES", "Face", "FaceDetector", "NoDetector",
-    "YuNetDetector", "align_face", "build_detector", "bundled_yunet_path", "crop_box", "face_crop",
-    "list_detectors", "register_detector", "similarity_transform", "template_points", "transform_points",
-]
+# The detectors built in (poster.face.detect registers exactly these; tests/test_face.py checks it).
+DETECTOR_NAMES = ("none", "yunet")
+
+_EXPORTS = {
+    **dict.fromkeys(("CANONICAL_TEMPLATE", "DEFAULT_CROP_SIZE", "align_face", "crop_box", "face_crop",
+                     "similarity_transform", "template_points", "transform_points"), ".align"),
+    **dict.fromkeys(("LANDMARK_NAMES", "Face", "FaceDetector", "NoDetector", "YuNetDetector", "build_detector",
+                     "bundled_yunet_path", "list_detectors", "register_detector"), ".detect"),
+}
+
+__all__ = ["DETECTOR_NAMES", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poster.face' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

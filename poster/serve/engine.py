@@ -26,9 +26,10 @@ from PIL import Image
 
 from ..data.transforms import decode_image_bytes
 from ..errors import DatasetError, InputRejected, PosterError
+from ..face import DETECTOR_NAMES
 from ..face.detect import Face, build_detector
 
-DETECTORS = ("yunet", "none")
+DETECTORS = DETECTOR_NAMES  # per-request choice: the built-in detectors
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,58 @@
+"""The command line's own rules: help and usage errors answer without loading torch or OpenCV, and
+flag defaults and choices come from the library's own records (options dataclasses, RUNTIMES)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ("test", "models", "train", "predict", "export", "benchmark", "weights", "serve")
+HEAVY = ("torch", "cv2", "fastapi", "onnxruntime")
+
+
+def _loaded_by(argv: list[str]) -> tuple[int, list[str]]:
+    """Exit status of ``poster ARGV`` in a fresh interpreter, and which heavy modules it loaded."""
+    code = ("import json, sys\nfrom poster.cli import main\n"
+            f"try:\n    status = main({argv!r})\nexcept SystemExit as e:\n    status = e.code\n"
+            f"print(json.dumps([status, [m for m in {HEAVY!r} if m in sys.modules]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    status, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    return status, heavy
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in COMMANDS],
+                                  ["predict"], ["train", "--recipe"], ["test", "--dataset", "nope"],
+                                  ["serve", "--port", "many"], ["benchmark", "--modle", "x"]])
+def test_help_and_usage_errors_load_no_torch_nor_opencv(argv):
+    status, heavy = _loaded_by(argv)
+    assert status in (0, 2) and heavy == [], (argv, status, heavy)
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    from poster.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    return parser._option_string_actions[flag]
+
+
+def test_runtime_choices_are_the_library_runtimes():
+    from poster.inference.runtime import RUNTIMES
+
+    for command in ("predict", "serve"):
+        assert tuple(_option(_subparsers()[command], "--runtime").choices) == RUNTIMES, command
+
+
+def test_precision_choices_are_the_policy_requests():
+    from poster.precision import REQUESTS
+
+    for command in ("test", "train", "predict", "benchmark", "serve"):
+        assert tuple(_option(_subparsers()[command], "--precision").choices) == REQUESTS, command
