@@ -10,7 +10,6 @@ import logging
 import re
 from pathlib import Path
 
-from ..data.classmap import ClassMapping, map_classes, parse_class_map
 from ..data.labels import abbreviate
 from ..data.layouts import DATASET_CLASSES, DATASET_NAMES, DATASET_TITLES, build_dataset
 from ..precision import REQUESTS
@@ -78,8 +77,10 @@ def _claim_output_dir(args: argparse.Namespace) -> Path:
     return out_dir
 
 
-def _map_classes(model_meta, dataset, class_map: str | None) -> ClassMapping:
+def _map_classes(model_meta, dataset, class_map: str | None):
     """The dataset's classes as the model's, by name (``poster.data.classmap``); logged."""
+    from ..data.classmap import map_classes, parse_class_map
+
     mapping = map_classes(dataset.class_names, model_meta.class_names, parse_class_map(class_map))
     if mapping.by_index:
         log.warning("no dataset class name matches a model class (checkpoint %s, dataset %s): scoring by "
@@ -91,7 +92,7 @@ def _map_classes(model_meta, dataset, class_map: str | None) -> ClassMapping:
     return mapping
 
 
-def _without_excluded(dataset, mapping: ClassMapping):
+def _without_excluded(dataset, mapping):
     """The dataset less the images of the classes ``--class-map`` leaves out."""
     if not mapping.excluded:
         return dataset

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
+from .labels import FERPLUS_CLASSES  # the class table lives with the others
 
-FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 FERPLUS_SPLITS = {"train": "FER2013Train", "val": "FER2013Valid", "valid": "FER2013Valid",
                   "validation": "FER2013Valid", "test": "FER2013Test"}
 _NUM_VOTES = 10  # 8 emotions + unknown + not-a-face

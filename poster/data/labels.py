@@ -12,6 +12,8 @@ AFFECTNET8_CLASSES = AFFECTNET7_CLASSES + ("Contempt",)
 # Kaggle FER2013 folder names, sorted (the folder-layout class order).
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 # CAER-S class folder names (Lee et al., ICCV 2019), sorted as POSTER V2's ImageFolder sorts them.
+# FER+ (Barsoum et al.): the 8 emotion columns of its label.csv, in file order
+FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 CAERS_CLASSES = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
 
 _ABBREVIATIONS = {

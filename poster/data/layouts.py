@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from ..errors import DatasetError
-from .ferplus import FERPLUS_CLASSES
-from .labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, CAERS_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
+from .labels import (AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, CAERS_CLASSES, FER2013_CLASSES, FERPLUS_CLASSES,
+                     RAFDB_CLASSES)
 
 __all__ = ["DatasetLayout", "ReadOptions", "LAYOUTS", "DATASET_NAMES", "DATASET_CLASSES", "DATASET_TITLES",
            "get_layout", "build_dataset"]
