@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import poster
-from poster.pretrained import BUNDLED, RELEASES, all_releases
+from poster.checkpoint.releases import BUNDLED, RELEASES, all_releases
 from release_standins import RELEASE_MANIFESTS, shared_state_dict, write_standin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_wrong_architecture_under_a_release_name_is_refused_with_the_key_report(
 def test_backbone_releases_are_not_models(cache, standin_state_dicts):
     write_standin("mobilefacenet68", cache / RELEASES["mobilefacenet68"].file_name,
                   standin_state_dicts["mobilefacenet_136"])
-    path = poster.hub.resolve_weights("mobilefacenet68")
+    path = poster.checkpoint.hub.resolve_weights("mobilefacenet68")
     report = poster.load_backbone_weights(poster.create_model("poster_v1_small"), landmark=path)
     assert report["landmark"]["loaded"] == 333
     with pytest.raises(poster.CheckpointError, match="landmark"):

@@ -17,11 +17,11 @@ from torch import nn
 
 from ..data.labels import DATASET_CLASSES
 from ..errors import CheckpointError, option
-from ..hub import resolve_weights
+from .hub import resolve_weights
 from ..meta import MAX_CLASSES, InputConfig, ModelMeta
 from ..models import create_model, list_models
 from ..models.poster_v1 import DEPTHS
-from ..pretrained import RELEASES
+from .releases import RELEASES
 from .checked import load_state_dict_checked
 from .formats import WeightFile, read_weight_file
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..models.registry import get_arch, list_models
-from ..pretrained import BUNDLED_MODEL, BUNDLED_RELEASE, RELEASES, weights_dir
+from ..checkpoint.releases import BUNDLED_MODEL, BUNDLED_RELEASE, RELEASES, weights_dir
 
 
 def add_parser(subparsers) -> None:

@@ -38,7 +38,7 @@ from ..models import create_model
 from .augment import AugmentConfig, BatchAugment
 from .bundle import DataBundle, build_data_bundle
 from .data import EpochSampler, UInt8ImageDataset, balanced_weights
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from ..distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .losses import build_loss
 from . import runfiles
 from .recipes import Recipe, run_defaults

@@ -33,9 +33,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError, WeightsUnavailable, flag_words, option
-from .fileio import atomic_write_text
-from .pretrained import BUNDLED_RELEASE, RELEASES, Release, bundled_model_path, local_release_file, release_path, weights_dir
+from ..errors import CheckpointError, WeightsUnavailable, flag_words, option
+from ..fileio import atomic_write_text
+from .releases import BUNDLED_RELEASE, RELEASES, Release, bundled_model_path, local_release_file, release_path, weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def download_release(release: Release, *, progress: bool = True) -> Path:
 def verify_file(path: Path, release: Release, *, fresh: bool = True) -> None:
     """Refuse a file that is not this release's weights: HTML, unreadable/truncated, wrong keys.
     ``fresh``: a download about to be deleted on failure (the message says so)."""
-    from .checkpoint.formats import read_weight_file
+    from .formats import read_weight_file
 
     what, fate = ("the downloaded file", "; deleted") if fresh else (str(path), "")
     _refuse_html(path, release, what, fate)
@@ -251,8 +251,8 @@ def _refuse_html(path: Path, release: Release, what: str, fate: str) -> None:
 
 def _check_fits(wf, release: Release) -> None:
     """The strict key/shape check of the model (or backbone) the release is for."""
-    from .checkpoint.checked import load_backbone_weights, load_state_dict_checked
-    from .models import create_model
+    from .checked import load_backbone_weights, load_state_dict_checked
+    from ..models import create_model
 
     if release.kind == "model":
         if wf.kind == "landmark":
@@ -268,8 +268,8 @@ class _BackboneHolder:
     """Just the two backbones POSTER is initialised from, for checking a backbone file."""
 
     def __init__(self, split_stages: bool):
-        from .models.irse import IR50Trunk
-        from .models.mobilefacenet import MobileFaceNet
+        from ..models.irse import IR50Trunk
+        from ..models.mobilefacenet import MobileFaceNet
 
         self.ir_back = IR50Trunk(split_stages=split_stages)
         self.face_landback = MobileFaceNet(136)
