@@ -8,7 +8,7 @@ its ``meta`` from the record; guessing from state-dict keys is only for anonymou
 
 A release's file lives in ``$POSTER_WEIGHTS`` (default ``~/.cache/poster/weights``) under the
 authors' file name; when it is not there it is fetched from the authors' own link on first use
-(``poster.hub``; ``POSTER_OFFLINE=1`` forbids that).  One model ships inside the package and is
+(``hub.py``; ``POSTER_OFFLINE=1`` forbids that).  One model ships inside the package and is
 never fetched: ``poster_v1_tiny.fer2013`` (``BUNDLED_MODEL``), a compact POSTER trained here on
 FER2013 so that ``poster predict`` works offline; it is a demonstration model on research data.
 """
