@@ -80,33 +80,23 @@ def test_option_types_come_from_the_signature(value, words):
         create_model("poster_v2", drop_path_rates=[0.0, 0.1, 1.0])
 
 
-def test_every_architecture_belongs_to_a_family_that_recognises_its_weights():
-    for arch in ("poster_v1_small", "poster_v1_base", "poster_v1_large", "poster_v2"):  # official sizes
+def test_every_family_recognises_its_own_weights_and_no_other():
+    """A fresh state dict is named by its family's record (or refused by it, for a size without
+    official weights), never by another family's; every family recognises some architecture."""
+    recognised = set()
+    for arch in ARCHS:
         family = get_arch(arch).family
         sd = create_model(arch, num_classes=3).state_dict()
         assert family.head_key in sd and sd[family.head_key].shape[0] == 3
-        assert family.match_state_dict(sd)[0] == arch
-        assert [f.match_state_dict(sd) for f in poster.models.list_families() if f is not family] == [None]
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_unknown_option_is_refused_not_ignored(arch):
-    with pytest.raises(TypeError, match="does not take option"):
-        create_model(arch, no_such_option=1)
-
-
-def test_unknown_architecture_is_a_config_error_and_a_value_error():
-    with pytest.raises(ConfigError, match="unknown model 'nope'") as info:
-        create_model("nope")
-    assert isinstance(info.value, ValueError) and isinstance(info.value, poster.PosterError)
-
-
-def test_v2_drop_path_rates_reach_the_network_through_create_model():
-    # Options read back from a checkpoint's JSON metadata are lists, so a list is accepted.
-    model = create_model("poster_v2", drop_path_rates=[0.0, 0.1, 0.2])
-    assert [model.ffn2.drop_path.p, model.ffn3.drop_path.p] == [0.1, 0.2]
-    with pytest.raises(ConfigError, match="drop_path_rates must have 3 values"):
-        create_model("poster_v2", drop_path_rates=(0.1,))
+        assert [f.match_state_dict(sd) for f in poster.models.list_families() if f is not family] == [None] * (
+            len(poster.models.list_families()) - 1)
+        try:
+            found = family.match_state_dict(sd)
+        except ConfigError:
+            continue
+        assert found[0] == arch and found[1]["num_classes"] == 3
+        recognised.add(family.name)
+    assert recognised == {f.name for f in poster.models.list_families()}
 
 
 def test_builder_options_come_from_the_signature():
