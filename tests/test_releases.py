@@ -86,6 +86,20 @@ def test_backbone_releases_are_not_models(cache, standin_state_dicts):
         poster.load_model("mobilefacenet68")
 
 
+def test_a_file_by_path_takes_the_metadata_of_the_record_it_fits(tmp_path, standin_state_dicts, caplog):
+    """No key tells a 7-class V2 file's dataset: the authors' file name does, else ``dataset``,
+    else RAF-DB with a warning that names every release the weights fit."""
+    mine = write_standin("poster_v2.caers", tmp_path / "mine.pth", standin_state_dicts["poster_v2_7cls"])
+    with caplog.at_level("WARNING"):
+        meta = poster.load_model(mine).meta
+    assert (meta.class_names, meta.dataset, meta.source) == (RAF, "rafdb", "mine.pth")
+    assert all(n in caplog.text for n in ("poster_v2.rafdb", "poster_v2.affectnet7", "poster_v2.caers"))
+    assert poster.load_model(mine, dataset="caers").meta.class_names == CAERS
+    authors = mine.rename(tmp_path / RELEASES["poster_v2.caers"].file_name)
+    assert poster.load_model(authors).meta.class_names == CAERS
+    assert poster.load_model(authors, dataset="affectnet7").meta.class_names == AFF7
+
+
 def test_records_are_complete():
     for r in all_releases():
         assert r.terms and r.terms_summary and r.provenance and r.source.url, r.name
