@@ -38,8 +38,8 @@ __all__ = [*_EXPORTS, "__version__"]
 
 
 # subpackages reachable as attributes (poster.inference.runtime ...) without importing them up front
-_SUBPACKAGES = {"checkpoint", "data", "evaluation", "face", "inference", "models", "serve", "train", "hub",
-                "pretrained", "errors", "meta", "fileio"}
+_SUBPACKAGES = {"checkpoint", "data", "evaluation", "face", "inference", "models", "serve", "train",
+                "errors", "meta", "fileio"}
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ import torch
 
 from poster.checkpoint.formats import read_weight_file, save_checkpoint
 from poster.checkpoint.loading import load_model
-from poster.pretrained import BUNDLED_MODEL
+from poster.checkpoint.releases import BUNDLED_MODEL
 
 
 def main() -> None:

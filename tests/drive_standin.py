@@ -1,6 +1,6 @@
 """A loopback HTTP server that behaves like Google Drive for the requests gdown makes.
 
-``poster.hub`` sends every Google Drive request here when ``POSTER_GDRIVE_ORIGIN`` names it.
+``poster.checkpoint.hub`` sends every Google Drive request here when ``POSTER_GDRIVE_ORIGIN`` names it.
 Each file id has a behaviour:
 
 * ``direct``: ``/uc?id=`` answers with the file (``Content-Disposition: attachment``);

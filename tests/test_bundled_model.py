@@ -17,7 +17,7 @@ import poster
 from poster.cli import main
 from poster.inference.recognizer import default_checkpoint
 from poster.data import FER2013_CLASSES
-from poster.pretrained import BUNDLED_MODEL, BUNDLED_RELEASE
+from poster.checkpoint.releases import BUNDLED_MODEL, BUNDLED_RELEASE
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "astronaut.jpg"

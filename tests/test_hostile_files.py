@@ -29,7 +29,7 @@ from poster.checkpoint.formats import read_weight_file
 from poster.checkpoint.safe_load import read_checkpoint
 from poster.cli import main
 from poster.errors import CheckpointError, PosterError
-from poster.pretrained import BUNDLED_MODEL
+from poster.checkpoint.releases import BUNDLED_MODEL
 from test_safe_load import (BUILD, G, PROTO2, REDUCE, STOP, TUPLE1, U, legacy_with_pickle,  # noqa: E402
                             torch_zip_with_pickle)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import poster
-from poster import hub
-from poster.pretrained import RELEASES
+from poster.checkpoint import hub
+from poster.checkpoint.releases import RELEASES
 from drive_standin import DriveStandIn
 from golden_fill import fill_state_dict, load_manifest
 from release_standins import write_standin
@@ -152,7 +152,7 @@ def test_non_loopback_origin_is_refused(cache, monkeypatch):
 
 def test_two_processes_fetch_the_file_once(cache, drive, landmark_bytes):
     drive.add_file(LANDMARK.source.id, "slow", LANDMARK.file_name, landmark_bytes)
-    code = ("from poster.hub import ensure_release; from poster.pretrained import RELEASES; "
+    code = ("from poster.checkpoint.hub import ensure_release; from poster.checkpoint.releases import RELEASES; "
             "print(ensure_release(RELEASES['mobilefacenet68'], progress=False))")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,

@@ -98,8 +98,8 @@ def _design_table() -> dict[str, set[str] | None]:
         if len(cells) != 2 or cells[0] in ("layer", "---"):
             continue
         layers, allowed = (re.findall(r"`([\w.*]+)`", re.sub(r"\([^)]*\)", "", c)) for c in cells)
-        for layer in layers:
-            table[layer] = None if "everything" in cells[1] else {a.removesuffix(".*") for a in allowed}
+        for layer in layers:  # the layers of one row are one layer: they may import each other
+            table[layer] = None if "everything" in cells[1] else {a.removesuffix(".*") for a in allowed} | set(layers)
     return table
 
 
@@ -121,6 +121,8 @@ def test_the_import_graph_keeps_to_the_table_in_design_md():
         if layer is None or table[layer] is None:
             continue
         for target in sorted(targets - {"poster"}):  # the lazy package root imports nothing at load time
+            if module.startswith(f"{target}."):
+                continue  # `from . import x` names the module's own package
             target_layer = _layer_of(target, table)
             allowed = table[layer] | {layer, "errors"}  # the exception types are everyone's
             if not any(target == f"poster.{a}" or target.startswith(f"poster.{a}.") or target_layer == a

@@ -262,9 +262,9 @@ def test_grayscale_recorded_in_the_checkpoint_is_applied_by_default(astronaut_rg
 
 
 def test_missing_bundled_model_and_model_without_meta_are_clear_errors(monkeypatch, tmp_path):
-    import poster.pretrained as pretrained
+    import poster.checkpoint.releases as releases
 
-    monkeypatch.setattr(pretrained, "BUNDLED_MODEL", tmp_path / "gone.pth")
+    monkeypatch.setattr(releases, "BUNDLED_MODEL", tmp_path / "gone.pth")
     with pytest.raises(CheckpointError, match="bundled model .*gone.pth is missing"):
         default_checkpoint()
     with pytest.raises(CheckpointError, match="is missing"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import poster
-from poster.pretrained import BUNDLED, RELEASES, all_releases
+from poster.checkpoint.releases import BUNDLED, RELEASES, all_releases
 from release_standins import RELEASE_MANIFESTS, shared_state_dict, write_standin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,11 +79,25 @@ def test_wrong_architecture_under_a_release_name_is_refused_with_the_key_report(
 def test_backbone_releases_are_not_models(cache, standin_state_dicts):
     write_standin("mobilefacenet68", cache / RELEASES["mobilefacenet68"].file_name,
                   standin_state_dicts["mobilefacenet_136"])
-    path = poster.hub.resolve_weights("mobilefacenet68")
+    path = poster.checkpoint.hub.resolve_weights("mobilefacenet68")
     report = poster.load_backbone_weights(poster.create_model("poster_v1_small"), landmark=path)
     assert report["landmark"]["loaded"] == 333
     with pytest.raises(poster.CheckpointError, match="landmark"):
         poster.load_model("mobilefacenet68")
+
+
+def test_a_file_by_path_takes_the_metadata_of_the_record_it_fits(tmp_path, standin_state_dicts, caplog):
+    """No key tells a 7-class V2 file's dataset: the authors' file name does, else ``dataset``,
+    else RAF-DB with a warning that names every release the weights fit."""
+    mine = write_standin("poster_v2.caers", tmp_path / "mine.pth", standin_state_dicts["poster_v2_7cls"])
+    with caplog.at_level("WARNING"):
+        meta = poster.load_model(mine).meta
+    assert (meta.class_names, meta.dataset, meta.source) == (RAF, "rafdb", "mine.pth")
+    assert all(n in caplog.text for n in ("poster_v2.rafdb", "poster_v2.affectnet7", "poster_v2.caers"))
+    assert poster.load_model(mine, dataset="caers").meta.class_names == CAERS
+    authors = mine.rename(tmp_path / RELEASES["poster_v2.caers"].file_name)
+    assert poster.load_model(authors).meta.class_names == CAERS
+    assert poster.load_model(authors, dataset="affectnet7").meta.class_names == AFF7
 
 
 def test_records_are_complete():

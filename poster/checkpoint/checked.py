@@ -2,9 +2,9 @@
 
 The original code loaded non-strictly and silently (a wrong ``--modeltype`` gave a half random
 model).  Here every missing, unexpected or mis-shaped key is an error that lists them, and the
-backbone files POSTER is initialised from (IR-50, the 68-point MobileFaceNet) are loaded the same way.
-This module reads weight files but builds no POSTER model, so the download code (``poster.hub``) can
-check a fetched file with it while ``loading.py`` resolves release names through ``poster.hub``.
+backbone files POSTER is initialised from (IR-50, the 68-point MobileFaceNet) are loaded the same way,
+into the backbones the model's family record names.  The download code (``hub.py``) checks a fetched
+file with it; ``loading.py`` comes after both.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models import family_of
 from .formats import read_weight_file
 
 log = logging.getLogger(__name__)
@@ -84,31 +85,45 @@ def remap_ir50_for_v2(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+def load_backbone_state(backbone: nn.Module, kind: str, state_dict: Mapping[str, torch.Tensor],
+                        source: str) -> dict[str, Any]:
+    """Load a backbone file's weights into the backbone module of its ``kind``; what was loaded.
+
+    ``ir50``: a face.evoLVe IR-50 state dict; entries POSTER does not have (the 4th stage
+    ``body.21-23``) are dropped and reported, ``body.N`` is renamed for a split (V2) trunk.
+    ``landmark``: the 68-point MobileFaceNet, loaded strictly.
+    """
+    if kind != "ir50":
+        load_state_dict_checked(backbone, state_dict, source)
+        return {"loaded": len(state_dict)}
+    sd = dict(state_dict)
+    if getattr(backbone, "split_stages", False) and any(k.startswith("body.") for k in sd):
+        sd = remap_ir50_for_v2(sd)
+    own = backbone.state_dict()
+    dropped = sorted(k for k in sd if k not in own)
+    kept = {k: v for k, v in sd.items() if k in own}
+    load_state_dict_checked(backbone, kept, source)
+    if dropped:
+        log.info("%s: dropped %d entries POSTER does not use (%s...)", source, len(dropped), dropped[:3])
+    return {"loaded": len(kept), "dropped": dropped}
+
+
 def load_backbone_weights(model: nn.Module, ir50: str | os.PathLike | None = None,
                           landmark: str | os.PathLike | None = None) -> dict[str, Any]:
     """Initialise a fresh POSTER model's backbones from the official pretrained files.
 
-    ``ir50``: a face.evoLVe IR-50 state dict; entries POSTER does not have (the 4th stage
-    ``body.21-23``) are dropped and reported, ``body.N`` is renamed for V2.
-    ``landmark``: ``mobilefacenet_model_best.pth.tar`` (``{'state_dict': ...}``), loaded strictly.
+    ``ir50``: a face.evoLVe IR-50 state dict; ``landmark``: ``mobilefacenet_model_best.pth.tar``
+    (``{'state_dict': ...}``); each goes into the backbone the model's family record names.
     Returns a report ``{'ir50': {'loaded': n, 'dropped': [...]}, 'landmark': {'loaded': n}}``.
     """
+    family = family_of(model)
     report: dict[str, Any] = {}
-    if ir50 is not None:
-        wf = read_weight_file(ir50)
-        sd = dict(wf.state_dict)
-        trunk = model.ir_back
-        if getattr(trunk, "split_stages", False) and any(k.startswith("body.") for k in sd):
-            sd = remap_ir50_for_v2(sd)
-        own = trunk.state_dict()
-        dropped = sorted(k for k in sd if k not in own)
-        kept = {k: v for k, v in sd.items() if k in own}
-        load_state_dict_checked(trunk, kept, str(ir50))
-        report["ir50"] = {"loaded": len(kept), "dropped": dropped}
-        if dropped:
-            log.info("%s: dropped %d entries POSTER does not use (%s...)", ir50, len(dropped), dropped[:3])
-    if landmark is not None:
-        wf = read_weight_file(landmark)
-        load_state_dict_checked(model.face_landback, wf.state_dict, str(landmark))
-        report["landmark"] = {"loaded": len(wf.state_dict)}
+    for kind, path in (("ir50", ir50), ("landmark", landmark)):
+        if path is None:
+            continue
+        attribute = family.backbones.get(kind) if family is not None else None
+        if attribute is None:
+            raise CheckpointError(f"{path}: {type(model).__name__} has no {kind} backbone to initialise")
+        state_dict = read_weight_file(path).state_dict
+        report[kind] = load_backbone_state(getattr(model, attribute), kind, state_dict, str(path))
     return report

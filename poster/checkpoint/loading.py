@@ -2,13 +2,15 @@
 
 The original code loaded non-strictly and silently (a wrong ``--modeltype`` gave a half
 random model).  Here every missing, unexpected or mis-shaped key is an error that lists them.
+What a family's state dicts look like (head key, how to tell its architectures apart) and what
+its options take come from the model registry (``poster.models``), not from this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,18 +18,15 @@ import torch
 from torch import nn
 
 from ..data.layouts import DATASET_CLASSES
-from ..errors import CheckpointError, option
-from ..hub import resolve_weights
-from ..meta import MAX_CLASSES, InputConfig, ModelMeta
-from ..models import create_model, list_models
-from ..models.poster_v1 import DEPTHS
-from ..pretrained import RELEASES
+from ..errors import CheckpointError, ConfigError, option
+from ..meta import MAX_CLASSES, ModelMeta
+from ..models import create_model, get_arch, list_families, list_models
 from .checked import load_state_dict_checked
 from .formats import WeightFile, read_weight_file
+from .hub import resolve
+from .releases import RELEASES, Release
 
 log = logging.getLogger(__name__)
-
-_DEPTH_TO_SIZE = {depth: size for size, depth in DEPTHS.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,59 +34,48 @@ _DEPTH_TO_SIZE = {depth: size for size, depth in DEPTHS.items()}
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor], path: str = "") -> tuple[str, dict[str, Any]]:
-    """(registry name, options) of the POSTER model a prefix-free state dict belongs to."""
+    """(registry name, options) of the model a prefix-free state dict belongs to, as its family tells."""
     where = f"{path}: " if path else ""
-    if "VIT.head.linear.weight" in state_dict:
-        return "poster_v2", {"num_classes": int(state_dict["VIT.head.linear.weight"].shape[0])}
-    if "head.linear.weight" in state_dict and "pyramid_fuse.pos_embed" in state_dict:
-        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"pyramid_fuse\.blocks\.(\d+)\.", k))}
-        depth = max(blocks) + 1 if blocks else 0
-        if depth not in _DEPTH_TO_SIZE:
-            raise CheckpointError(f"{where}POSTER V1 weights with {depth} pyramid blocks; "
-                                  f"known sizes are {dict(DEPTHS)}")
-        token_mixing = "pyramid_fuse.blocks.0.block_l.conv.weight" in state_dict
-        return f"poster_v1_{_DEPTH_TO_SIZE[depth]}", {
-            "num_classes": int(state_dict["head.linear.weight"].shape[0]), "token_mixing": token_mixing}
+    for family in list_families():
+        try:
+            found = family.match_state_dict(state_dict)
+        except ConfigError as e:
+            raise CheckpointError(f"{where}{e}") from None
+        if found is not None:
+            return found
     sample = sorted(state_dict)[:5]
+    heads = " / ".join(repr(f.head_key) for f in list_families())
     raise CheckpointError(f"{where}cannot tell which POSTER model these weights belong to "
-                          f"(no 'head.linear.weight' / 'VIT.head.linear.weight'); first keys: {sample}")
+                          f"(no {heads}); first keys: {sample}")
 
 
 def release_meta(arch: str, options: Mapping[str, Any], dataset: str | None, source: str) -> ModelMeta:
-    """Metadata of an official release: class order and channel order by dataset
-    (docs/faithfulness.md#channel-order)."""
+    """Metadata of weights that carry none, from the release record they fit: same architecture,
+    options and class count; ``dataset``, else the file's name, picks among several (7-class V2:
+    RAF-DB, AffectNet-7, CAER-S).  Weights that fit no record get generic metadata."""
     num_classes = int(options["num_classes"])
-    if dataset is None:
-        if arch.startswith("poster_v1"):
-            dataset = "rafdb" if options.get("token_mixing", True) else f"affectnet{num_classes}"
-        else:
-            dataset = "affectnet8" if num_classes == 8 else "rafdb"
-            if num_classes == 7:
-                log.warning("%s: a 7-class POSTER V2 file may be RAF-DB or AffectNet-7; assuming RAF-DB "
-                            "class order (pass dataset='affectnet7' otherwise)", source)
-    names = DATASET_CLASSES.get(dataset)
+    arch_options = {k: v for k, v in options.items() if k != "num_classes"}
+    fits = [r for r in RELEASES.values() if r.kind == "model" and r.arch == arch
+            and r.num_classes == num_classes and dict(r.arch_options) == arch_options]
+    if dataset is not None:
+        chosen = [r for r in fits if r.dataset == dataset]
+    else:
+        chosen = [r for r in fits if Path(source).name in r.file_names] or fits
+    if chosen:
+        if len(chosen) > 1:
+            log.warning("%s: these weights fit the releases %s; assuming %s's class order (pass dataset= one "
+                        "of %s otherwise)", source, ", ".join(r.name for r in chosen), chosen[0].name,
+                        ", ".join(repr(r.dataset) for r in chosen))
+        return dataclasses.replace(chosen[0].meta(), source=source)
+    names = DATASET_CLASSES.get(dataset or "")
     if names is None or len(names) != num_classes:
         names = tuple(f"class_{i}" for i in range(num_classes))
-    # Only the V1 RAF-DB release was fed BGR tensors (its loader kept cv2's order).
-    bgr = arch.startswith("poster_v1") and dataset == "rafdb" and options.get("token_mixing", True)
-    return ModelMeta(arch=arch, num_classes=num_classes, class_names=names,
-                     input=InputConfig(channel_order="BGR" if bgr else "RGB"),
-                     arch_options={k: v for k, v in options.items() if k != "num_classes"},
+    return ModelMeta(arch=arch, num_classes=num_classes, class_names=names, arch_options=arch_options,
                      source=source, dataset=dataset)
 
 
 # ---------------------------------------------------------------------------------------------
 # Checked loading
-
-
-def _head_rows(state_dict: Mapping[str, torch.Tensor]) -> int | None:
-    for key in ("VIT.head.linear.weight", "head.linear.weight"):
-        if key in state_dict and state_dict[key].dim() == 2:
-            return int(state_dict[key].shape[0])
-    return None
-
-
-_OPTION_TYPES = {"token_mixing": bool, "drop_path_rate": float}
 
 
 def _arch_from_meta(wf: WeightFile) -> tuple[str, dict[str, Any]]:
@@ -100,24 +88,33 @@ def _arch_from_meta(wf: WeightFile) -> tuple[str, dict[str, Any]]:
     if meta.arch not in list_models():
         raise CheckpointError(f"{wf.path}: metadata names an unknown architecture {meta.arch!r} "
                               f"(known: {', '.join(list_models())})")
-    is_v2_weights = "VIT.head.linear.weight" in wf.state_dict
-    if is_v2_weights != meta.arch.startswith("poster_v2"):
+    spec = get_arch(meta.arch)
+    head = spec.family.head_key
+    if head not in wf.state_dict:
+        other = next((f.name for f in list_families() if f.head_key in wf.state_dict), None)
         raise CheckpointError(f"{wf.path}: metadata says {meta.arch} but the weights are "
-                              f"POSTER {'V2' if is_v2_weights else 'V1'} weights")
-    rows = _head_rows(wf.state_dict)
+                              + (f"{other} weights" if other else f"not {spec.family.name} weights (no {head!r})"))
+    rows = int(wf.state_dict[head].shape[0]) if wf.state_dict[head].dim() == 2 else None
     if rows != meta.num_classes:
         raise CheckpointError(f"{wf.path}: metadata says {meta.num_classes} classes but the classifier weights "
                               f"have {rows if rows is not None else 'no'} rows")
-    options = dict(meta.arch_options)
-    for name, value in options.items():
-        wanted = _OPTION_TYPES.get(name)
-        if wanted is None:
+    options = {}
+    for name, value in meta.arch_options.items():
+        if name not in spec.options or name == "num_classes":
             raise CheckpointError(f"{wf.path}: metadata gives {meta.arch} an unknown option {name!r}")
-        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
-            value = options[name] = float(value)
-        if not isinstance(value, wanted) or (wanted is float and not 0.0 <= value < 1.0):
-            raise CheckpointError(f"{wf.path}: metadata option {name}={str(value)[:40]!r} is not valid")
+        try:
+            options[name] = spec.checked_option(name, value)
+        except ConfigError as e:
+            raise CheckpointError(f"{wf.path}: metadata option {e}") from None
     return meta.arch, {"num_classes": meta.num_classes, **options}
+
+
+def _build(arch: str, options: Mapping[str, Any], source: str) -> nn.Module:
+    """``create_model``, its refusal of an option's value (a rate out of range) named as the file's."""
+    try:
+        return create_model(arch, **options)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {arch} refuses its options: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,13 +136,13 @@ def model_from_weight_file(wf: WeightFile, dataset: str | None = None,
         meta = release_meta(arch, options, dataset, Path(wf.path).name)
     if channel_order is not None:
         meta = meta.with_input(channel_order=channel_order)
-    model = create_model(arch, **options)
+    model = _build(arch, options, wf.path)
     load_state_dict_checked(model, wf.state_dict, wf.path)
     model.meta = meta
     return model
 
 
-def model_from_release(wf: WeightFile, release, channel_order: str | None = None) -> nn.Module:
+def model_from_release(wf: WeightFile, release: Release, channel_order: str | None = None) -> nn.Module:
     """A model built from a release record: its metadata is the record's, never guessed from keys;
     a file of another architecture under the release's name fails the strict check."""
     if wf.kind == "landmark":
@@ -166,11 +163,10 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     The returned model carries ``model.meta`` (a ``ModelMeta``): class names, channel order,
     normalisation and input size to use with these weights.  A release name
     (``"poster_v2.rafdb"``) takes all of it from the release record and fetches the authors' file
-    on first use (``poster.pretrained``, ``poster.hub``).  For an anonymous file, ``dataset`` names
-    the class order when its keys cannot tell (7-class V2: RAF-DB or AffectNet-7).
+    on first use (``releases.py``, ``hub.py``).  For an anonymous file, ``dataset`` names
+    the class order when its keys cannot tell (7-class V2: RAF-DB, AffectNet-7 or CAER-S).
     """
-    path = resolve_weights(path_or_name)
-    release = RELEASES.get(str(path_or_name)) if not Path(path_or_name).is_file() else None
+    path, release = resolve(path_or_name)
     if release is not None and dataset is not None and dataset != release.dataset:
         raise CheckpointError(f"{release.name} is a {release.dataset} model; dataset={dataset!r} does not apply "
                               "(a release's class order comes from its record)")

@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..models.registry import get_arch, list_models
-    from ..pretrained import BUNDLED_MODEL, BUNDLED_RELEASE, RELEASES, weights_dir
+    from ..checkpoint.releases import BUNDLED_MODEL, BUNDLED_RELEASE, RELEASES, weights_dir
 
     print("Architectures (poster.create_model):")
     for name in list_models():

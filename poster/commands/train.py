@@ -78,7 +78,7 @@ def _backbone_file(value: str | None, release_name: str) -> str | None:
     """``auto``: the official backbone release (fetched on first use); anything else as given."""
     if value != "auto":
         return value
-    from ..hub import resolve_weights
+    from ..checkpoint.hub import resolve_weights
 
     return str(resolve_weights(release_name))
 

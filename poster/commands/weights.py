@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CheckpointError
-from ..pretrained import BUNDLED_RELEASE, RELEASES, all_releases, bundled_model_path, get_release, \
+from ..checkpoint.releases import BUNDLED_RELEASE, RELEASES, all_releases, bundled_model_path, get_release, \
     local_release_file, release_path, weights_dir
 
 
@@ -33,7 +33,7 @@ def _size(num_bytes: int) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..hub import recorded_hash
+    from ..checkpoint.hub import recorded_hash
 
     print(f"Official releases (cache: {weights_dir()}):")
     for r in all_releases():
@@ -51,7 +51,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ..hub import ensure_release
+    from ..checkpoint.hub import ensure_release
 
     names = list(RELEASES) if args.names == ["all"] else args.names
     releases = [get_release(n) for n in names]  # every name checked before anything is fetched
@@ -73,7 +73,7 @@ def run_path(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from ..hub import check_recorded_hash, verify_file
+    from ..checkpoint.hub import check_recorded_hash, verify_file
 
     failed = checked = 0
     for r in RELEASES.values():

@@ -1,6 +1,6 @@
 """The dataset layouts: one complete, declarative record per layout, and ``build_dataset`` by name.
 
-Like the release records (``poster.pretrained``), a ``DatasetLayout`` is the single source of truth
+Like the release records (``poster.checkpoint.releases``), a ``DatasetLayout`` is the single source of truth
 for a layout: its name and aliases, its class order, the title of its plots, the function that
 reads a root folder into records, and its splits.  ``DATASET_NAMES`` (the CLI's ``--dataset``
 choices), ``DATASET_CLASSES`` (the class order a checkpoint of that dataset uses) and

@@ -133,9 +133,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 # --------------------------------------------------------------------------- inference wrapper
 def _is_poster(model: nn.Module) -> bool:
-    from ..models import PosterV1, PosterV2
+    """A network whose family record says it reads only the even pixels of a 224 input."""
+    from ..models import family_of
 
-    return isinstance(model, (PosterV1, PosterV2))
+    family = family_of(model)
+    return family is not None and family.reads_even_pixels_only
 
 
 def synchronize(device: torch.device) -> None:

@@ -106,7 +106,7 @@ class Shard:
             return cls(device=device)
         import torch
 
-        from ..train.distributed import init_distributed
+        from ..distributed import init_distributed
 
         use_cuda = device == "auto" and torch.cuda.is_available() or str(device).startswith("cuda")
         info = init_distributed("cuda" if use_cuda else "cpu")

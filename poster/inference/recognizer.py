@@ -65,7 +65,7 @@ Backend = Callable[[torch.Tensor], Any]
 def default_checkpoint() -> str:
     """Path of the model bundled with the package (used when no checkpoint is given): the compact
     FER2013-trained ``poster_v1_tiny.fer2013`` (docs/results.md), not an official POSTER release."""
-    from ..pretrained import bundled_model_path
+    from ..checkpoint.releases import bundled_model_path
 
     return str(bundled_model_path())
 

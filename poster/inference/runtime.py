@@ -343,7 +343,7 @@ def open_backend(source: str | os.PathLike | nn.Module | None = None, *, runtime
     if runtime not in RUNTIMES:
         raise PosterError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if source is None:
-        from ..pretrained import bundled_model_path
+        from ..checkpoint.releases import bundled_model_path
 
         source = str(bundled_model_path())
     if runtime == "auto":

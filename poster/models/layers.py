@@ -1,10 +1,36 @@
-"""Small layers shared by POSTER V1 and V2."""
+"""Small layers and helpers shared by POSTER V1 and V2."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
+
+
+def init_weights(module: nn.Module) -> None:
+    """The reference's initialisation of transformer parts: truncated-normal Linear weights, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def freeze_landmark_net(net: nn.Module) -> None:
+    """Freeze the landmark backbone: no gradients, eval mode (its BN keeps its running statistics)."""
+    net.requires_grad_(False)
+    net.eval()
+
+
+def check_rate(name: str, value: float) -> float:
+    """A stochastic-depth rate is a probability below 1 (1 would drop every branch always)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
 
 
 def resize_to_112(x: torch.Tensor) -> torch.Tensor:

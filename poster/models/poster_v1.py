@@ -7,13 +7,18 @@ them, and the read-out is token 0 (the image mean-token) of the large stream.
 
 from __future__ import annotations
 
+import re
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
-from .layers import ClassifierHead, DropPath, Mlp, SEBlock, resize_to_112
+from ..errors import ConfigError
+from .layers import ClassifierHead, DropPath, Mlp, SEBlock, check_rate, freeze_landmark_net, init_weights, \
+    resize_to_112
 from .irse import IR50Trunk
 from .mobilefacenet import MobileFaceNet
-from .registry import register_model
+from .registry import ModelFamily, register_family, register_model
 
 NUM_TOKENS = 100  # 50 image tokens (mean + 49) followed by 50 landmark tokens
 HALF = NUM_TOKENS // 2
@@ -129,16 +134,6 @@ class PyramidFusion(nn.Module):
         return self.norm(large)[:, 0]
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 class PosterV1(nn.Module):
     """POSTER (``pyramid_trans_expr``): ``forward(x)`` -> logits [B, num_classes].
 
@@ -166,10 +161,10 @@ class PosterV1(nn.Module):
         self.pyramid_fuse = PyramidFusion(depth, token_mixing, drop_path_rate, keep_dead_layers)
         self.se_block = SEBlock(512)
         self.head = ClassifierHead(512, num_classes)
-        self.pyramid_fuse.apply(_init_weights)
+        self.pyramid_fuse.apply(init_weights)
         for m in (self.ir_layer, self.se_block, self.head):
-            m.apply(_init_weights)
-        freeze_landmark_net(self)
+            m.apply(init_weights)
+        freeze_landmark_net(self.face_landback)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 512-d SE-block output fed to the classifier."""
@@ -190,13 +185,27 @@ class PosterV1(nn.Module):
         return self
 
 
-def freeze_landmark_net(model: nn.Module) -> None:
-    """Freeze ``model.face_landback``: no gradients, eval mode."""
-    model.face_landback.requires_grad_(False)
-    model.face_landback.eval()
+def _match_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """(arch, options) of official-size V1 weights: the size from the number of pyramid blocks, token
+    mixing from the presence of its convolution (docs/faithfulness.md#poster-v1)."""
+    if "head.linear.weight" not in state_dict or "pyramid_fuse.pos_embed" not in state_dict:
+        return None
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"pyramid_fuse\.blocks\.(\d+)\.", k))}
+    depth = max(blocks) + 1 if blocks else 0
+    size = next((s for s, d in DEPTHS.items() if d == depth), None)
+    if size is None:
+        raise ConfigError(f"POSTER V1 weights with {depth} pyramid blocks; known sizes are {dict(DEPTHS)}")
+    return f"poster_v1_{size}", {"num_classes": int(state_dict["head.linear.weight"].shape[0]),
+                                 "token_mixing": "pyramid_fuse.blocks.0.block_l.conv.weight" in state_dict}
+
+
+FAMILY = register_family(ModelFamily(
+    "POSTER V1", PosterV1, "head.linear.weight", _match_state_dict,
+    backbones={"ir50": "ir_back", "landmark": "face_landback"}, reads_even_pixels_only=True))
 
 
 def _pyramid_v1(depth: int, num_classes: int, token_mixing: bool, drop_path_rate: float) -> PosterV1:
+    check_rate("drop_path_rate", drop_path_rate)
     return PosterV1(num_classes=num_classes, depth=depth, token_mixing=token_mixing, drop_path_rate=drop_path_rate)
 
 
@@ -238,5 +247,6 @@ def poster_v1_tiny(num_classes: int = 7, token_mixing: bool = False, drop_path_r
     Not an official architecture: the same design, scaled down so that it trains on a CPU.
     Args: as ``poster_v1_small``.
     """
-    return PosterV1(num_classes=num_classes, depth=1, token_mixing=token_mixing, drop_path_rate=drop_path_rate,
+    return PosterV1(num_classes=num_classes, depth=1, token_mixing=token_mixing,
+                    drop_path_rate=check_rate("drop_path_rate", drop_path_rate),
                     ir_units=(1, 2, 2), ir_widths=(32, 64, 128), keep_dead_layers=False)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
 from .irse import IR50Trunk
-from .layers import ClassifierHead, DropPath, Mlp, SEBlock, resize_to_112
+from .layers import ClassifierHead, DropPath, Mlp, SEBlock, check_rate, freeze_landmark_net, init_weights, \
+    resize_to_112
 from .mobilefacenet import MobileFaceNet
 from ..errors import ConfigError
-from .poster_v1 import _init_weights, freeze_landmark_net
-from .registry import register_model
+from .registry import ModelFamily, register_family, register_model
 
 SCALES = ((64, 28, 2), (128, 14, 4), (256, 7, 8))  # (channels, window size, heads), head dim 32
 
@@ -193,8 +195,8 @@ class PosterV2(nn.Module):
         self.embed_k = nn.Sequential(nn.Conv2d(128, 768, 3, 2, 1))
         self.embed_v = ValueEmbed()
         for m in (self.VIT, self.attn1, self.attn2, self.attn3, self.ffn1, self.ffn2, self.ffn3):
-            m.apply(_init_weights)
-        freeze_landmark_net(self)
+            m.apply(init_weights)
+        freeze_landmark_net(self.face_landback)
 
     @staticmethod
     def _queries(feature_map: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -232,6 +234,18 @@ class PosterV2(nn.Module):
         return self
 
 
+def _match_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """(arch, options) of V2 weights: one architecture, the class count from the head."""
+    if "VIT.head.linear.weight" not in state_dict:
+        return None
+    return "poster_v2", {"num_classes": int(state_dict["VIT.head.linear.weight"].shape[0])}
+
+
+FAMILY = register_family(ModelFamily(
+    "POSTER V2", PosterV2, "VIT.head.linear.weight", _match_state_dict,
+    backbones={"ir50": "ir_back", "landmark": "face_landback"}, reads_even_pixels_only=True))
+
+
 @register_model
 def poster_v2(num_classes: int = 7, drop_path_rates: tuple[float, float, float] = (0.0, 0.125, 0.25)) -> PosterV2:
     """POSTER V2 / POSTER++ (7 or 8 classes)
@@ -241,7 +255,7 @@ def poster_v2(num_classes: int = 7, drop_path_rates: tuple[float, float, float] 
         drop_path_rates: stochastic depth of the three window cross-attention FFNs, small to large
             window (training only); a list is accepted, as options read back from JSON are lists.
     """
-    rates = tuple(float(r) for r in drop_path_rates)
+    rates = tuple(check_rate("drop_path_rates", float(r)) for r in drop_path_rates)
     if len(rates) != len(SCALES):
         raise ConfigError(f"drop_path_rates must have {len(SCALES)} values, got {len(rates)}")
     return PosterV2(num_classes=num_classes, drop_path_rates=rates)

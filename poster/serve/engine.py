@@ -167,7 +167,7 @@ def _without_server_path(source: str) -> str:
 
 def model_display_name(checkpoint: str | None) -> str:
     """A release name, or a file's name: answers never reveal the server's paths."""
-    from ..pretrained import BUNDLED_RELEASE, RELEASES
+    from ..checkpoint.releases import BUNDLED_RELEASE, RELEASES
 
     if checkpoint is None:
         return BUNDLED_RELEASE

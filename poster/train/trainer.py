@@ -39,7 +39,7 @@ from ..precision import autocast, channels_last_for, resolve_precision
 from .augment import AugmentConfig, BatchAugment
 from .bundle import DataBundle, build_data_bundle
 from .data import EpochSampler, UInt8ImageDataset, balanced_weights
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from ..distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .losses import build_loss
 from . import runfiles
 from .recipes import Recipe, run_defaults

@@ -8,7 +8,7 @@ its ``meta`` from the record; guessing from state-dict keys is only for anonymou
 
 A release's file lives in ``$POSTER_WEIGHTS`` (default ``~/.cache/poster/weights``) under the
 authors' file name; when it is not there it is fetched from the authors' own link on first use
-(``poster.hub``; ``POSTER_OFFLINE=1`` forbids that).  One model ships inside the package and is
+(``hub.py``; ``POSTER_OFFLINE=1`` forbids that).  One model ships inside the package and is
 never fetched: ``poster_v1_tiny.fer2013`` (``BUNDLED_MODEL``), a compact POSTER trained here on
 FER2013 so that ``poster predict`` works offline; it is a demonstration model on research data.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, CAERS_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
-from .errors import CheckpointError
-from .meta import IMAGENET_MEAN, IMAGENET_STD, InputConfig, ModelMeta
+from ..data.labels import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, CAERS_CLASSES, FER2013_CLASSES, RAFDB_CLASSES
+from ..errors import CheckpointError
+from ..meta import IMAGENET_MEAN, IMAGENET_STD, InputConfig, ModelMeta
 
 V1_CODE = "https://github.com/zczcwh/POSTER"
 V2_CODE = "https://github.com/Talented-Q/POSTER_V2"
@@ -150,7 +150,7 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
 )}
 
 BUNDLED_RELEASE = "poster_v1_tiny.fer2013"
-BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "poster_v1_tiny_fer2013.pth"
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "poster_v1_tiny_fer2013.pth"
 
 BUNDLED = Release(
     BUNDLED_RELEASE, "bundled", BUNDLED_MODEL.name, Source("bundled"), "fer2013", 56.8, "poster_v1_tiny", (),

@@ -31,11 +31,16 @@ import re
 import sys
 import urllib.parse
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
-from .errors import CheckpointError, WeightsUnavailable, flag_words, option
-from .fileio import atomic_write_text
-from .pretrained import BUNDLED_RELEASE, RELEASES, Release, bundled_model_path, local_release_file, release_path, weights_dir
+from ..errors import CheckpointError, WeightsUnavailable, flag_words, option
+from ..fileio import atomic_write_text
+from ..models import create_model
+from ..models.irse import IR50Trunk
+from ..models.mobilefacenet import MobileFaceNet
+from .checked import load_backbone_state, load_state_dict_checked
+from .formats import WeightFile, read_weight_file
+from .releases import BUNDLED_RELEASE, RELEASES, Release, bundled_model_path, local_release_file, release_path, weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +106,6 @@ def download_release(release: Release, *, progress: bool = True) -> Path:
 def verify_file(path: Path, release: Release, *, fresh: bool = True) -> None:
     """Refuse a file that is not this release's weights: HTML, unreadable/truncated, wrong keys.
     ``fresh``: a download about to be deleted on failure (the message says so)."""
-    from .checkpoint.formats import read_weight_file
-
     what, fate = ("the downloaded file", "; deleted") if fresh else (str(path), "")
     _refuse_html(path, release, what, fate)
     try:
@@ -249,30 +252,18 @@ def _refuse_html(path: Path, release: Release, what: str, fate: str) -> None:
             f"Try later, or download {_hand_download_hint(release)}")
 
 
-def _check_fits(wf, release: Release) -> None:
+def _check_fits(wf: WeightFile, release: Release) -> None:
     """The strict key/shape check of the model (or backbone) the release is for."""
-    from .checkpoint.checked import load_backbone_weights, load_state_dict_checked
-    from .models import create_model
-
     if release.kind == "model":
         if wf.kind == "landmark":
             raise CheckpointError(f"{wf.path}: a MobileFaceNet landmark file, not a {release.arch} model")
         model = create_model(release.arch, num_classes=release.num_classes, **dict(release.arch_options))
         load_state_dict_checked(model, wf.state_dict, Path(wf.path).name)
-    elif release.kind in ("ir50", "landmark"):
-        holder = _BackboneHolder(split_stages=not any(k.startswith("body.") for k in wf.state_dict))
-        load_backbone_weights(holder, **{release.kind: wf.path})
-
-
-class _BackboneHolder:
-    """Just the two backbones POSTER is initialised from, for checking a backbone file."""
-
-    def __init__(self, split_stages: bool):
-        from .models.irse import IR50Trunk
-        from .models.mobilefacenet import MobileFaceNet
-
-        self.ir_back = IR50Trunk(split_stages=split_stages)
-        self.face_landback = MobileFaceNet(136)
+    elif release.kind == "ir50":  # the trunk in the file's own layout: face.evoLVe's body.N or V2's body1-3
+        trunk = IR50Trunk(split_stages=not any(k.startswith("body.") for k in wf.state_dict))
+        load_backbone_state(trunk, "ir50", wf.state_dict, wf.path)
+    elif release.kind == "landmark":
+        load_backbone_state(MobileFaceNet(136), "landmark", wf.state_dict, wf.path)
 
 
 @contextlib.contextmanager
@@ -344,17 +335,28 @@ def _google_routing() -> Iterator[None]:
         requests.session = original
 
 
-def resolve_weights(path_or_name: str | os.PathLike, *, fetch: bool = True) -> Path:
+class Resolved(NamedTuple):
+    path: Path  # the file to read
+    release: Release | None  # the official release it is, whose record is the truth about it
+
+
+def resolve(path_or_name: str | os.PathLike, *, fetch: bool = True) -> Resolved:
     """A file path as given, or the file of a release name (fetched on first use unless ``fetch`` is
-    False or ``POSTER_OFFLINE=1``, and checked against its recorded SHA-256); a clear error otherwise."""
+    False or ``POSTER_OFFLINE=1``, and checked against its recorded SHA-256) with its record; a
+    clear error otherwise.  The bundled model comes without a record: its file holds its metadata."""
     path = Path(path_or_name)
     if path.is_file():
-        return path
+        return Resolved(path, None)
     if str(path_or_name) == BUNDLED_RELEASE:
-        return bundled_model_path()
+        return Resolved(bundled_model_path(), None)
     release = RELEASES.get(str(path_or_name))
     if release is not None:
-        return ensure_release(release, fetch=fetch)
+        return Resolved(ensure_release(release, fetch=fetch), release)
     if path.exists():
         raise CheckpointError(f"{path}: is not a file")
     raise CheckpointError(f"{path}: no such file (and not a release name: {', '.join([BUNDLED_RELEASE, *RELEASES])})")
+
+
+def resolve_weights(path_or_name: str | os.PathLike, *, fetch: bool = True) -> Path:
+    """The file of a path or release name (``resolve`` without the record)."""
+    return resolve(path_or_name, fetch=fetch).path
