@@ -259,7 +259,7 @@ def _readme_serve_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
 
 
-def test_readme_serve_examples_work(server, capsys, monkeypatch):
+def test_readme_serve_examples_work(server, monkeypatch):
     """The README's curl and Python calls, pointed at the test server instead of port 8000."""
     import shutil
 
@@ -272,10 +272,10 @@ def test_readme_serve_examples_work(server, capsys, monkeypatch):
             out = subprocess.run(line.replace("http://127.0.0.1:8000", server), shell=True, capture_output=True,
                                  text=True, timeout=60, cwd=ROOT).stdout
             assert '"label":"happy"' in out, (line, out)
+    from readme_blocks import assert_prints_as_commented, run_block
+
     code = blocks[2][1].replace("http://127.0.0.1:8000", server)
-    exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    assert printed.strip().startswith("[('happy', 0.86"), printed
+    assert assert_prints_as_commented(code, run_block(code, "README.md"), "README.md") == 1
 
 
 def test_engine_runs_an_onnx_export_like_the_checkpoint(tmp_path):
