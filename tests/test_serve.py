@@ -318,3 +318,23 @@ def test_served_model_runs_as_predict_runs_it():
     assert abs(fast.probabilities(batch) - reference).max() <= 1e-4 * max(1.0, abs(reference).max())
     with pytest.raises(PosterError, match="--eager"):
         load_recognizer(None, device="cpu", precision="bf16", eager=True)
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(monkeypatch, capsys):
+    import socket
+
+    from poster.cli import main
+    from poster.serve import engine
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(engine, "load_recognizer", loaded)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: cannot listen on 127.0.0.1:{port}: the port is in use (another poster serve?); " \
+                  "choose another with --port", err
