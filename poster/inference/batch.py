@@ -201,7 +201,7 @@ def _claim(requested: str, exist_ok: bool) -> tuple[str, bool]:
         raise PosterError(f"cannot use output folder {where}: {exc.strerror or exc}") from None
 
 
-# What a run writes besides its results file: an earlier run's copies would mix with this run's.
+# The results files of either format: an earlier run's would sit beside this run's as if one.
 _RESULTS_NAMES = ("results.jsonl", "results.csv")
 
 
