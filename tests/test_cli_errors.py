@@ -36,11 +36,12 @@ def files(tmp_path_factory) -> dict[str, str]:
     data = base / "data"
     (data / "train" / "a").mkdir(parents=True)
     (data / "test" / "a").mkdir(parents=True)
+    (base / "empty").mkdir()
     busy = base / "busy_run"
     busy.mkdir()
     (busy / "last.pth").write_bytes(b"x")
     return {"ckpt": str(ckpt), "image": str(image), "file": str(a_file), "data": str(data), "base": str(base),
-            "busy": str(busy), "missing": str(base / "missing.pth")}
+            "busy": str(busy), "missing": str(base / "missing.pth"), "empty": str(base / "empty")}
 
 
 PREDICT = ["predict", "{image}", "-c", "{ckpt}", "--detector", "none", "--device", "cpu", "-o", "{base}/p"]
@@ -76,6 +77,13 @@ CASES = {
     "train non-empty folder": (TRAIN[:-2] + ["{busy}", "--no-progress"], "use --resume to continue it"),
     "train -o is a file": (TRAIN[:-2] + ["{file}", "--no-progress"], "cannot use output folder"),
     "train unknown recipe": (["train", "--recipe", "nope", "--data", "{data}"], "unknown recipe"),
+    "train recipe without data": (["train", "--recipe", "fer2013_small"], "poster train needs --data (see"),
+    "train data without recipe": (["train", "--data", "{data}"], "needs --recipe (poster train --list-recipes"),
+    "predict missing input": (["predict", "{base}/nope.jpg", "-c", "{ckpt}", "-o", "{base}/p"],
+                              "nothing to predict: no such file or folder: "),
+    "predict empty folder": (["predict", "{empty}", "-c", "{ckpt}", "-o", "{base}/p"],
+                             "nothing to predict: no images or videos found in "),
+    "export existing output": (["export", "-c", "{ckpt}", "-o", "{file}"], "a_file.txt exists; use --force"),
     "export missing checkpoint": (["export", "-c", "{missing}"], "missing.pth"),
     "benchmark threads 0": (["benchmark", "--threads", "0"], "--threads must be >= 1"),
 }
@@ -91,6 +99,8 @@ def test_mistake_is_one_error_line(files, name, capsys):
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert expected in lines[0], lines[0]
     assert "Traceback" not in captured.err + captured.out
+    if argv[0] == "predict":  # a refused run leaves no run folder behind
+        assert not Path(files["base"], "p").exists()
 
 
 USAGE = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -325,6 +326,58 @@ def test_cli_failed_verification_removes_the_file(tiny_checkpoint, tmp_path, mon
     err = capsys.readouterr().err
     assert "disagrees" in err and "removed" in err
     assert not out.exists()
+
+
+def test_cli_failed_verification_keeps_the_file_it_would_replace(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise PosterError("ONNX file disagrees with PyTorch at batch 1: max |difference| 3 > tolerance 1e-4")
+
+    monkeypatch.setattr(export_mod, "verify_onnx", fail)
+    out = tmp_path / "good.onnx"
+    out.write_bytes(b"the previous export")
+    assert main(["export", "-c", str(tiny_checkpoint), "-o", str(out), "--force"]) == 1
+    assert "left as it was" in capsys.readouterr().err
+    assert out.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx"]
+
+
+def _no_model_loading(monkeypatch):
+    """Fail the test if the export gets as far as loading the checkpoint (the slow part)."""
+    from poster.checkpoint import loading
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the destination was checked")
+
+    monkeypatch.setattr(loading, "load_model", loaded)
+
+
+@pytest.mark.parametrize("case", ["existing file", "under a file", "folder that takes no files"])
+def test_cli_export_checks_the_destination_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, capsys, case):
+    _no_model_loading(monkeypatch)
+    (tmp_path / "a_file").write_bytes(b"mine")
+    out, expected = {
+        "existing file": (tmp_path / "a_file", f"{tmp_path / 'a_file'} exists; use --force to replace it"),
+        "under a file": (tmp_path / "a_file" / "x.onnx", f"{tmp_path / 'a_file'} is not a folder"),
+        "folder that takes no files": (Path("/proc/x.onnx"), "the folder /proc does not take new files"),
+    }[case]
+    if case == "folder that takes no files" and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc file system here")
+    assert main(["export", "-c", str(tiny_checkpoint), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and expected in err, err
+    assert ".tmp" not in err and (tmp_path / "a_file").read_bytes() == b"mine"
+
+
+def test_cli_export_into_a_folder_and_force(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    args = ["export", "-c", str(tiny_checkpoint), "-f", "torchscript", "--no-verify", "-o", str(folder)]
+    assert main(args) == 0
+    written = folder / "tiny_rafdb.torchscript.pt"
+    assert f"wrote {written}" in capsys.readouterr().out
+    written.write_bytes(b"stale")
+    assert main(args) == 1 and "use --force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0 and written.read_bytes() != b"stale"
+    assert TorchScriptBackend(written).meta.class_names == CLASSES
 
 
 def test_cli_export_errors(tiny_checkpoint, tmp_path, capsys):

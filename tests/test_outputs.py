@@ -26,6 +26,7 @@ from poster.cli import main
 from poster.data.transforms import load_image
 from poster.errors import DatasetError
 from poster.fileio import atomic_write_bytes
+from poster.inference.inputs import RUN_MARKER
 from poster.runlock import LOCK_NAME, RunFolderBusy, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,15 +190,22 @@ def test_streamed_and_atomic_writes_replace_links_instead_of_following_them(tmp_
     assert (tmp_path / "atomic.json").read_bytes() == b"{}" and not (tmp_path / "atomic.json").is_symlink()
 
 
-def test_annotated_subfolder_link_is_refused(ckpt, tmp_path, capsys):
+@pytest.mark.parametrize("earlier_run", [True, False])
+def test_annotated_subfolder_link_is_never_followed(ckpt, tmp_path, capsys, earlier_run):
     folder = _faces(tmp_path / "in", 1)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "out"
     (out / "annotated").mkdir(parents=True)
     (out / "annotated" / "in").symlink_to(elsewhere)  # where in/face0.png's annotated copy would go
+    if earlier_run:  # --exist-ok clears an earlier run's annotated/: the link itself is removed
+        (out / RUN_MARKER).write_text("an earlier run\n")
     code = main(_predict(str(folder), "-c", str(ckpt), "-o", str(out), "--exist-ok"))
-    assert code == 1 and "symbolic link" in _one_error_line(capsys.readouterr().err)
+    if earlier_run:
+        assert code == 0 and (out / "annotated" / "in" / "face0.png").is_file()
+        assert not (out / "annotated" / "in").is_symlink()
+    else:  # an annotated/ no predict run made is not ours to clear
+        assert code == 1 and "no poster predict run made it" in _one_error_line(capsys.readouterr().err)
     assert list(elsewhere.iterdir()) == []
 
 
@@ -274,6 +282,51 @@ def test_each_run_gets_a_fresh_folder_unless_exist_ok(ckpt, tmp_path, monkeypatc
     assert main(_predict(str(folder), "-c", str(ckpt), "-o", "runs/predict", "--exist-ok")) == 0
     assert "results: runs/predict/results.jsonl" in capsys.readouterr().out
     assert not Path("runs/predict3").exists()
+
+
+def test_exist_ok_replaces_the_earlier_runs_outputs(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_predict(str(_faces(tmp_path / "first", 2)), "-c", str(ckpt), "-o", str(out), "--format", "csv")) == 0
+    assert main(_predict(str(_faces(tmp_path / "second", 1)), "-c", str(ckpt), "-o", str(out), "--exist-ok")) == 0
+    annotated = sorted(p.relative_to(out).as_posix() for p in (out / "annotated").rglob("*.png"))
+    assert annotated == ["annotated/second/face0.png"]  # not the first run's copies beside it
+    assert not (out / "results.csv").exists()
+    assert [Path(r["source"]).parent.name for r in _records(out / "results.jsonl")] == ["second"]
+
+
+@pytest.mark.parametrize("inputs", [["missing.png"], ["empty"], ["empty", "missing.png"]])
+def test_a_run_of_nothing_is_refused_before_a_run_folder_is_made(ckpt, tmp_path, monkeypatch, capsys, inputs):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not a picture")
+    assert main(_predict(*inputs, "-c", str(ckpt))) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: nothing to predict: ")
+    for name in inputs:
+        assert (f"no images or videos found in {name}" if name == "empty" else f"no such file or folder: {name}") in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_folder_beside_usable_inputs_is_named(ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(_predict("empty", str(_faces(tmp_path / "in", 1)), "-c", str(ckpt))) == 0
+    assert "note: no images or videos found in empty" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_be_fetched_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POSTER_WEIGHTS", str(tmp_path / "cache"))
+    monkeypatch.setenv("POSTER_OFFLINE", "1")
+    folder = _faces(tmp_path / "in", 1)
+    for _ in range(2):  # the second run would otherwise take the empty folder the first left
+        assert main(_predict(str(folder), "-c", "poster_v2.rafdb")) == 1
+        assert "poster_v2.rafdb" in _one_error_line(capsys.readouterr().err)
+        assert list((tmp_path / "runs").iterdir()) == []
+    made = tmp_path / "mine"
+    made.mkdir()  # a folder the user made stays, empty as it was
+    assert main(_predict(str(folder), "-c", "poster_v2.rafdb", "-o", str(made))) == 1
+    assert made.is_dir() and list(made.iterdir()) == []
 
 
 def test_output_files_have_the_umask_permissions(ckpt, tmp_path):

@@ -1,11 +1,12 @@
 """The README's code runs as written.
 
-Every ```python block is executed, in order, in one namespace, in a scratch folder that holds what
-the README refers to: the repository's ``examples/``, and stand-ins in the authors' formats for
+Every ```python block is executed as a reader pastes it: alone, in a fresh namespace, in a scratch
+folder that holds what the README refers to: the repository's ``examples/``, and stand-ins in the authors' formats for
 the official files (``checkpoint/rafdb_best.pth``, ``ir50.pth``, ``mobilefacenet_model_best.pth.tar``)
 and for the user's media (``photo.jpg``, ``group/``, ``clip.mp4``, ``aligned_faces/``). Every
 command line of the ```bash blocks is run the same way (``.venv/bin/poster`` as ``python -m poster``)
 unless it is one of the kinds listed in ``NOT_RUN_HERE``, each with the place it is tested instead.
+A ``print`` line whose comment shows a value must print that value (``readme_blocks``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from readme_blocks import assert_prints_as_commented, run_block
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -97,31 +99,48 @@ def test_every_command_line_is_classified():
     assert len(ran) >= 5, ran  # the main job, predict, test/export of a file, weights list ...
 
 
+def _run_line(line: str, sandbox: Path) -> None:
+    args = shlex.split(line)
+    if args[0] in (".venv/bin/poster", "poster"):
+        args = [sys.executable, "-m", "poster", *args[1:]]
+    elif args[0] == ".venv/bin/python":
+        args = [sys.executable, *args[1:]]
+    proc = subprocess.run(args, cwd=sandbox, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"README line failed: {line}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, line
+
+
 @pytest.mark.slow
 def test_readme_command_lines_run(sandbox):
     for line in _command_lines():
-        if _why_not_run(line) is not None:
-            continue
-        args = shlex.split(line)
-        if args[0] in (".venv/bin/poster", "poster"):
-            args = [sys.executable, "-m", "poster", *args[1:]]
-        elif args[0] == ".venv/bin/python":
-            args = [sys.executable, *args[1:]]
-        proc = subprocess.run(args, cwd=sandbox, env=ENV, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"README line failed: {line}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
-        assert "Traceback" not in proc.stderr, line
+        if _why_not_run(line) is None:
+            _run_line(line, sandbox)
+
+
+def test_python_block_comments_are_checked():
+    """The claims the README's blocks make about their output are found (so they are held to it)."""
+    from readme_blocks import claim_matches, claimed_prints
+
+    claims = [claim for block in _blocks("python") for claim in claimed_prints(block).values()]
+    assert len(claims) >= 4, claims
+    assert claim_matches("('angry', ..., 'surprise') RGB", "('angry', 'fear', 'surprise') RGB")
+    assert not claim_matches("[x, y, w, h] happy 0.87", "(178.05668, 62.63928, 90.45204, 113.64745) happy 0.87")
+    assert not claim_matches("[('happy', 0.865176)]", "[('happy', 0.865921)]")
 
 
 @pytest.mark.slow
-def test_readme_python_blocks_run(sandbox, monkeypatch):
+def test_readme_python_blocks_run_alone_and_print_what_they_say(sandbox, monkeypatch):
     monkeypatch.chdir(sandbox)
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    namespace: dict = {"__name__": "__readme__"}
-    ran = 0
-    for block in _blocks("python"):
+    if not (sandbox / "tiny.onnx").exists():  # the README's export line writes the file a block opens
+        _run_line(next(line for line in _command_lines() if "-o tiny.onnx" in line), sandbox)
+    ran = checked = 0
+    for number, block in enumerate(_blocks("python"), start=1):
         if _why_not_run(block) is not None:
             continue
-        exec(compile(block, f"README.md python block {ran + 1}", "exec"), namespace)
+        name = f"README.md python block {number}"
+        checked += assert_prints_as_commented(block, run_block(block, name), name)
         ran += 1
-    assert ran >= 2, "expected the bundled-model and official-file examples to run"
+    assert ran >= 4, "expected the bundled-model, official-file, OpenCV and ONNX examples to run"
+    assert checked >= 3, "expected the examples' printed values to be checked"

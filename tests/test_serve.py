@@ -260,7 +260,7 @@ def _readme_serve_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
 
 
-def test_readme_serve_examples_work(server, capsys, monkeypatch):
+def test_readme_serve_examples_work(server, monkeypatch):
     """The README's curl and Python calls, pointed at the test server instead of port 8000."""
     import shutil
 
@@ -273,10 +273,10 @@ def test_readme_serve_examples_work(server, capsys, monkeypatch):
             out = subprocess.run(line.replace("http://127.0.0.1:8000", server), shell=True, capture_output=True,
                                  text=True, timeout=60, cwd=ROOT).stdout
             assert '"label":"happy"' in out, (line, out)
+    from readme_blocks import assert_prints_as_commented, run_block
+
     code = blocks[2][1].replace("http://127.0.0.1:8000", server)
-    exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    assert printed.strip().startswith("[('happy', 0.86"), printed
+    assert assert_prints_as_commented(code, run_block(code, "README.md"), "README.md") == 1
 
 
 def test_engine_runs_an_onnx_export_like_the_checkpoint(tmp_path):
@@ -319,3 +319,23 @@ def test_served_model_runs_as_predict_runs_it():
     assert abs(fast.probabilities(batch) - reference).max() <= 1e-4 * max(1.0, abs(reference).max())
     with pytest.raises(PosterError, match="eager"):
         load_recognizer(None, device="cpu", precision="bf16", eager=True)
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(monkeypatch, capsys):
+    import socket
+
+    from poster.cli import main
+    from poster.serve import engine
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(engine, "load_recognizer", loaded)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: cannot listen on 127.0.0.1:{port}: the port is in use (another poster serve?); " \
+                  "choose another with --port", err

@@ -21,6 +21,7 @@ if not CHROMIUM.is_file():
                 allow_module_level=True)
 pytest.importorskip("fastapi", reason="poster serve needs the 'serve' extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests drive Chromium with playwright")
+httpx = pytest.importorskip("httpx", reason="the favicon is fetched with httpx")
 
 from poster.serve.loadtest import server_process  # noqa: E402
 
@@ -81,6 +82,56 @@ def test_page_uploads_a_photo_and_draws_the_label(server, tmp_path):
             shot = page.screenshot(path=str(tmp_path / "serve-page-photo.png"))
             assert shot and outside == [], f"the page fetched from elsewhere: {outside}"
             _keep(tmp_path / "serve-page-photo.png")
+        finally:
+            browser.close()
+
+
+def test_page_before_the_first_photo_after_an_error_and_without_a_face(server, tmp_path):
+    icon = httpx.get(server + "/favicon.ico", timeout=30)
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    assert '"loading' not in httpx.get(server + "/", timeout=30).text  # no claim that only the script can keep
+    ok, blank = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 700}, bypass_csp=True)
+            failed = []
+            page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+            page.goto(server + "/")
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('poster_v1_tiny')")
+            # before the first photo: a hint where the picture will be, not a blank dark area
+            assert page.is_visible("#hint") and not page.is_visible("#canvas")
+            assert "Drop a photo" in page.inner_text("#hint")
+            page.screenshot(path=str(tmp_path / "serve-page-empty.png"))
+            _keep(tmp_path / "serve-page-empty.png")
+
+            page.set_input_files("#file-input", str(ASTRONAUT))
+            page.wait_for_function("document.getElementById('canvas').dataset.labels === 'happy'", timeout=60_000)
+            assert page.is_visible("#canvas") and not page.is_visible("#hint")
+
+            # an error: the previous photo and its result leave the screen, the error stays
+            page.set_input_files("#file-input", {"name": "broken.jpg", "mimeType": "image/jpeg",
+                                                 "buffer": b"this is not an image"})
+            page.wait_for_function("document.getElementById('status').textContent.length > 0 && "
+                                   "document.getElementById('status').textContent !== 'recognising…'",
+                                   timeout=60_000)
+            assert not page.is_visible("#canvas") and page.is_visible("#hint")
+            assert page.inner_text("#results") == "" and page.get_attribute("#canvas", "data-labels") == ""
+            assert page.inner_text("#status").startswith("broken.jpg: ") and "ms" not in page.inner_text("#readout")
+            page.screenshot(path=str(tmp_path / "serve-page-error.png"))
+            _keep(tmp_path / "serve-page-error.png")
+
+            # no face: said once, not numbered as a face
+            page.set_input_files("#file-input", {"name": "blank.png", "mimeType": "image/png",
+                                                 "buffer": blank.tobytes()})
+            page.wait_for_function("!document.getElementById('no-face').hidden", timeout=60_000)
+            assert page.inner_text("#no-face") == "no face found"
+            assert page.eval_on_selector_all("#results li", "items => items.length") == 0
+            assert page.inner_text("#status") == "" and page.is_visible("#canvas")
+            assert failed == [], f"answered with an error status: {failed}"
+            page.screenshot(path=str(tmp_path / "serve-page-no-face.png"))
+            _keep(tmp_path / "serve-page-no-face.png")
         finally:
             browser.close()
 

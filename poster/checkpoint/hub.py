@@ -197,12 +197,14 @@ def _fetch(release: Release, staging: Path, progress: bool) -> None:
                 file_id = _find_in_folder(release)
             elif release.source.kind != "gdrive_file":
                 raise CheckpointError(f"{release.name}: has no download source")
-            gdown.download(f"https://drive.google.com/uc?id={file_id}", str(staging), quiet=not progress,
-                           use_cookies=False, resume=True, timeout=_timeout(), retries=_retries())
+            with _retry_notes_to_debug_log():
+                gdown.download(f"https://drive.google.com/uc?id={file_id}", str(staging), quiet=not progress,
+                               use_cookies=False, resume=True, timeout=_timeout(), retries=_retries())
     except (gdown.exceptions.FileURLRetrievalError, gdown.exceptions.DownloadError,
             requests.exceptions.RequestException, OSError) as e:
-        raise WeightsUnavailable(f"{release.name}: could not download {url}: {_one_line(e)}; with no network, "
-                                 f"download {_hand_download_hint(release)}") from None
+        # one line, the way out first: the cause is often just "no network"
+        raise WeightsUnavailable(f"{release.name}: download {_hand_download_hint(release)}; fetching it "
+                                 f"failed: {_network_reason(e)}") from None
     if not staging.is_file():
         raise WeightsUnavailable(f"{release.name}: the download from {url} produced no file")
 
@@ -221,9 +223,78 @@ def _find_in_folder(release: Release) -> str:
                              f"{release.source.url} (it holds {sorted(by_name)})")
 
 
-def _one_line(error: BaseException) -> str:
+class _RetryNoteFilter:
+    """``sys.stderr`` while gdown downloads: its "Retrying (1/3) in 0.3s: <the whole urllib3 error>"
+    lines go to the debug log (``-v``); everything else (the progress bar) passes through."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self._after_note = False
+
+    def write(self, text: str) -> int:
+        if text.startswith("Retrying ("):
+            log.debug("%s", text.strip())
+            self._after_note = True  # print() writes its end="\n" separately
+            return len(text)
+        if self._after_note and text == "\n":
+            self._after_note = False
+            return len(text)
+        self._after_note = False
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _retry_notes_to_debug_log() -> Iterator[None]:
+    before = sys.stderr
+    sys.stderr = _RetryNoteFilter(before)
+    try:
+        yield
+    finally:
+        sys.stderr = before
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what lies under it: causes, contexts, urllib3's ``reason`` and exception args."""
+    seen, queue = set(), [error]
+    while queue and len(seen) < 20:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        below = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        queue.extend(e for e in below if isinstance(e, BaseException))
+
+
+def _network_reason(error: BaseException) -> str:
+    """A short cause of a failed download: no name resolution, refused, timed out, or the
+    message itself (Google Drive's, say), cut to one short line."""
+    import requests
+
+    text = str(error)
+    host = re.search(r"host='([^']+)'", text)
+    where = host.group(1) if host else "the server"
+    for cause in _causes(error):
+        name = type(cause).__name__
+        if name in ("NameResolutionError", "gaierror"):
+            return f"{where} could not be resolved (no network?)"
+        if isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(cause):
+            return f"{where} refused the connection"
+        if isinstance(cause, (requests.exceptions.Timeout, TimeoutError)) or name in ("ReadTimeoutError",
+                                                                                        "ConnectTimeoutError"):
+            return f"{where} did not answer within {_timeout()[1]:g} s (POSTER_DOWNLOAD_TIMEOUT)"
+        if isinstance(cause, requests.exceptions.SSLError):
+            return f"the TLS connection to {where} failed (a proxy or firewall?)"
+    # gdown's "the partial file is preserved" is not so here: a failed fetch removes it (_remove_partials)
+    return _one_line(re.sub(r";?\s*the partial file is preserved\.?", "", str(error)) or type(error).__name__, 160)
+
+
+def _one_line(error: BaseException | str, limit: int = 300) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _remove_partials(target: Path) -> None:

@@ -69,7 +69,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output-dir", default="runs/predict", help="where results and annotations go "
                    "(default runs/predict; an existing non-empty folder becomes DIR2, DIR3, ...)")
     p.add_argument("--exist-ok", action="store_true",
-                   help="write into --output-dir even if it holds an earlier run (its results file is replaced)")
+                   help="write into --output-dir even if it holds an earlier run (its results file and "
+                        "annotated/ are removed first)")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="results file format")
     p.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True,
                    help="write annotated images/videos (default: yes)")
@@ -191,7 +192,7 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
 def run(args: argparse.Namespace) -> int:
     # torch, OpenCV and the inference stack load here, not when the parser is built (poster --help)
     from ..device import resolve_device
-    from ..inference.batch import BatchOptions, Shard, open_run_folder, run_batch
+    from ..inference.batch import BatchOptions, Shard, check_inputs, open_run_folder, run_batch
     from ..inference.recognizer import default_checkpoint
     from ..inference.runtime import detect_runtime
 
@@ -201,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
     runtime = detect_runtime(checkpoint) if args.runtime == "auto" else args.runtime
     _check_runtime(checkpoint, runtime)
+    check_inputs(args.inputs)  # a run of nothing (missing paths, empty folders) is refused here
     shard = Shard.from_environment(args.device)
     # the run folder is claimed and locked before the model loads: a busy or unusable folder is
     # the first and only thing said

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 
 from ..precision import REQUESTS
@@ -75,6 +77,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` for a moment, as uvicorn will (``SO_REUSEADDR``): a port in use is one line
+    now, before the model loads, rather than uvicorn's traceback after it."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
+        raise PosterError(f"cannot listen on {host}:{port}: "
+                          + ("the port is in use (another poster serve?); choose another with --port" if busy
+                             else exc.strerror or str(exc))) from None
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
     try:
@@ -92,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
               + ("" if api_key else f" and, without --api-key/${API_KEY_ENV}, use it freely"), file=sys.stderr)
     # Parallelism comes from the --workers threads (one image each) and the model's own threads;
     # OpenCV's thread pool inside each worker only oversubscribes the cores (measured: -10 % req/s)
+    check_port_free(args.host, args.port)
     import cv2
 
     cv2.setNumThreads(1)

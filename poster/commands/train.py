@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
                   f"loss {r.loss} {r.channel_order}")
         return 0
     if not args.recipe or not args.data:
-        raise PosterError("poster train needs --recipe and --data (see poster train --help)")
+        missing = " and ".join(flag for flag, given in (("--recipe", args.recipe), ("--data", args.data)) if not given)
+        hint = "poster train --list-recipes names the recipes" if not args.recipe else "see poster train --help"
+        raise PosterError(f"poster train needs {missing} ({hint})")
     _check_options(args)
     recipe = get_recipe(args.recipe, args.overrides)
     _check_recipe_model(recipe)

@@ -18,9 +18,11 @@ parts.  Nothing is printed: what happens is told to a ``BatchListener`` (the CLI
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -32,14 +34,15 @@ from ..fileio import atomic_write_bytes, claim_run_folder, safe_mkdirs, safe_sub
 from ..runlock import RunLock
 from ..textsafe import printable
 from .drawing import annotate
-from .inputs import RUN_MARKER, BatchInput, expand_inputs
+from .inputs import RUN_MARKER, BatchInput, expand_inputs, why_nothing_in
 from .results import ImageResult
 from .video import VideoSink
 from .writer import ResultsWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder", "open_run_folder", "run_batch"]
+__all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder", "check_inputs", "open_run_folder",
+           "run_batch"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # annotated copies keep these, others become .png
 
@@ -148,22 +151,37 @@ class Shard:
         return final
 
 
+def check_inputs(inputs: Iterable[str]) -> None:
+    """Refuse (``PosterError``) a job none of whose inputs can give anything: missing paths, empty
+    folders, ... (``why_nothing_in``).  Called before the run folder is made, so such a run leaves
+    nothing behind; a job with some usable inputs runs, and names the others as it meets them."""
+    reasons = [why_nothing_in(str(text)) for text in inputs]
+    if all(reasons):
+        raise PosterError("nothing to predict: " + ("; ".join(reasons) or "no inputs"))
+
+
 # ---------------------------------------------------------------------------------------------
 # The run folder
 
 
 @dataclass
 class RunFolder:
-    """A claimed output folder, locked (on rank 0) until ``close``."""
+    """A claimed output folder, locked (on rank 0) until ``close``.  ``fresh``: it was made for this
+    run, so a run that fails before writing anything (a model that cannot be loaded or downloaded)
+    removes it instead of leaving an empty folder for the next run to take."""
 
     folder: Path
     shard: Shard
     lock: RunLock | None = None
+    fresh: bool = False
 
     def close(self) -> None:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+            if self.fresh:
+                with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
+                    self.folder.rmdir()
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -172,40 +190,66 @@ class RunFolder:
         self.close()
 
 
-def _claim(requested: str, exist_ok: bool) -> Path:
+def _claim(requested: str, exist_ok: bool) -> tuple[str, bool]:
+    """The claimed folder, and whether this run made it (a folder the user had is never removed)."""
+    existed = os.path.lexists(requested)
     try:
-        return claim_run_folder(requested, exist_ok=exist_ok)
+        folder = claim_run_folder(requested, exist_ok=exist_ok)
+        return str(folder), not (existed and folder == Path(requested))
     except OSError as exc:
         where = printable(exc.filename or requested)
         raise PosterError(f"cannot use output folder {where}: {exc.strerror or exc}") from None
 
 
+# The results files of either format: an earlier run's would sit beside this run's as if one.
+_RESULTS_NAMES = ("results.jsonl", "results.csv")
+
+
 def _lock_and_clear(folder: Path, results_name: str) -> RunLock:
-    """Lock the run folder and clear what an earlier run in it left under the names this run
-    writes: a killed run must not leave the previous results.  Links are refused, never followed."""
+    """Lock the run folder and clear what an earlier run in it left (``--exist-ok``): its results
+    file (a killed run must not leave the previous results) and, in the folder of an earlier
+    ``poster predict`` run, its other results file and ``annotated/`` (the new run's copies must
+    not sit among the old ones).  An ``annotated/`` that no predict run made is refused, not
+    deleted.  Links are refused, never followed."""
     lock = RunLock(folder, "poster predict").acquire()
-    for name in (results_name, results_name + ".partial", "annotated"):
-        entry = folder / name
-        if entry.is_symlink():
-            lock.release()
-            raise PosterError(f"{printable(entry)} is a symbolic link: refusing to write through it "
-                              "(remove it or choose another output folder)")
-    (folder / results_name).unlink(missing_ok=True)
+    try:
+        for name in (results_name, results_name + ".partial", "annotated"):
+            entry = folder / name
+            if entry.is_symlink():
+                raise PosterError(f"{printable(entry)} is a symbolic link: refusing to write through it "
+                                  "(remove it or choose another output folder)")
+        (folder / results_name).unlink(missing_ok=True)
+        annotated = folder / "annotated"
+        if not (folder / RUN_MARKER).exists():
+            if annotated.exists():
+                raise PosterError(f"{printable(annotated)} exists and no poster predict run made it: refusing to "
+                                  "replace it (choose another output folder)")
+            return lock
+        for name in _RESULTS_NAMES:
+            (folder / name).unlink(missing_ok=True)
+        if annotated.exists():
+            shutil.rmtree(annotated)  # links inside are removed, never followed
+            log.info("%s: removed the earlier run's annotated/ (--exist-ok)", printable(folder))
+    except BaseException:
+        lock.release()
+        raise
     return lock
 
 
 def open_run_folder(requested: str | os.PathLike, exist_ok: bool = False, fmt: str = "jsonl",
                     shard: Shard | None = None) -> RunFolder:
     """A fresh run folder (``DIR``, ``DIR2``, ... the first one missing or empty) or, with
-    ``exist_ok``, ``DIR`` itself; refused (``PosterError``) when it is a file, a link, not writable
-    or locked by another run.  Under ``torchrun`` rank 0 claims it for every rank."""
+    ``exist_ok``, ``DIR`` itself, cleared of an earlier run's outputs; refused (``PosterError``)
+    when it is a file, a link, not writable or locked by another run.  Under ``torchrun`` rank 0
+    claims it for every rank."""
     shard = shard or Shard()
-    folder = Path(shard.share(lambda: str(_claim(str(requested), exist_ok))))
+    claimed, fresh = shard.share(lambda: _claim(str(requested), exist_ok))
+    folder = Path(claimed)
     results_name = shard.results_name(fmt)
     if shard.rank != 0:
         (folder / results_name).unlink(missing_ok=True)
         return RunFolder(folder, shard)
-    return RunFolder(folder, shard, _lock_and_clear(folder, results_name))
+    return RunFolder(folder, shard, _lock_and_clear(folder, results_name), fresh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +389,8 @@ class _Job:
         if item.kind == "skip":
             self.listener.note(f"note: skipped (not an image or video): {where}", problem=True)
             self.summary.skipped.append(str(item.target))
+        elif item.kind == "empty":
+            self.listener.note(f"note: no images or videos found in {where}", problem=True)
         elif item.kind == "run-folder":
             self.listener.note(f"note: skipped the output folder of a poster predict run: {where}", problem=True)
         elif item.kind == "special":

@@ -13,14 +13,14 @@ from typing import Any, Iterator
 from ..data.transforms import IMAGE_EXTENSIONS
 from .video import VIDEO_EXTENSIONS, parse_source
 
-__all__ = ["RUN_MARKER", "BatchInput", "expand_inputs"]
+__all__ = ["RUN_MARKER", "BatchInput", "expand_inputs", "why_nothing_in"]
 
 RUN_MARKER = ".poster-predict-run"  # marks a predict output folder; folder walks do not read it
 
 
 @dataclass
 class BatchInput:
-    kind: str  # "image", "video", "skip", "missing", "special", "run-folder"
+    kind: str  # "image", "video", "skip", "missing", "special", "run-folder", "empty" (a folder without either)
     target: Any
     rel: Path | None = None  # path under the annotated/ folder (without suffix change)
 
@@ -95,10 +95,33 @@ def expand_inputs(inputs: list[str], exclude: set[Path] | None = None) -> Iterat
             if path.resolve() in exclude:
                 yield BatchInput("run-folder", path)
             else:
-                yield from _walk(path, exclude)
+                found = False
+                for item in _walk(path, exclude):
+                    found = found or item.kind in ("image", "video")
+                    yield item
+                if not found:
+                    yield BatchInput("empty", path)
         elif path.is_file():
             yield BatchInput("video" if _is_video(path) else "image", path, Path(path.name))
         elif path.exists():
             yield BatchInput("special", path)
         else:
             yield BatchInput("missing", path)
+
+
+def why_nothing_in(text: str) -> str | None:
+    """Why the input ``text`` gives nothing to predict, or ``None`` when it may give something (a
+    file, a folder holding an image or video, a webcam, a stream).  Decided before a run starts,
+    so a run of nothing is refused without creating a run folder; a folder is walked only as far
+    as its first image or video."""
+    kind, _ = parse_source(text)
+    if kind != "file":
+        return None
+    path = Path(text)
+    if path.is_dir():
+        if any(item.kind in ("image", "video") for item in _walk(path, set())):
+            return None
+        return f"no images or videos found in {text}"
+    if path.is_file():
+        return None
+    return f"not a regular file: {text}" if path.exists() else f"no such file or folder: {text}"

@@ -22,6 +22,7 @@ function headers(type) {
 function showStatus(text) { $("status").textContent = text; }
 
 async function loadModel() {
+  $("model-info").textContent = "loading the model description…";
   try {
     const r = await fetch("/v1/model", { headers: headers("application/json") });
     const body = await r.json();
@@ -109,7 +110,7 @@ function drawBars(face, x, y, w, font) {
 function listFaces(answer) {
   const list = $("results");
   list.replaceChildren();
-  if (!answer.faces.length) { list.innerHTML = "<li>no face found</li>"; return; }
+  $("no-face").hidden = answer.faces.length > 0;  // said in a line of its own, not as face "1."
   for (const face of answer.faces) {
     const li = document.createElement("li");
     li.className = "face";
@@ -120,11 +121,28 @@ function listFaces(answer) {
 
 function show(source, width, height, answer) {
   if (canvas.width !== width || canvas.height !== height) { canvas.width = width; canvas.height = height; }
+  canvas.hidden = false;
+  $("hint").hidden = true;
   ctx.drawImage(source, 0, 0, width, height);
   drawFaces(answer);
   listFaces(answer);
   updateReadout(answer);
   showStatus("");
+}
+
+// After an error nothing of the previous picture stays on screen: the error is the answer.
+function clearResult() {
+  canvas.hidden = true;
+  canvas.dataset.labels = "";
+  $("hint").hidden = false;
+  $("results").replaceChildren();
+  $("no-face").hidden = true;
+  $("readout").textContent = "latency – · fps –";
+}
+
+function showError(e, what) {
+  clearResult();
+  showStatus(`${what}: ${e.message || e}`);
 }
 
 // ---- a photo ----
@@ -137,7 +155,7 @@ async function handleFile(file) {
     const answer = await recognise(file);
     show(bitmap, answer.width, answer.height, answer);
   } catch (e) {
-    showStatus(String(e.message || e));
+    showError(e, file.name);
   }
 }
 
@@ -161,7 +179,7 @@ async function sendFrame() {
     const answer = await recognise(blob);
     if (state.stream) show(grab, width, height, answer);
   } catch (e) {
-    showStatus(String(e.message || e));
+    if (state.stream) showError(e, "webcam frame");
   } finally {
     state.inFlight = false;
   }
