@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -22,10 +23,17 @@ from ..fileio import atomic_write_bytes, atomic_write_text, create_new_file
 from ..textsafe import csv_cell
 from .timeline import Timeline, row_columns
 
-__all__ = ["TimelineFiles", "ROW_GROUP"]
+__all__ = ["TimelineFiles", "ROW_GROUP", "timeline_stem"]
 
 ROW_GROUP = 8192
 SUFFIXES = (".tracks.csv", ".tracks.parquet", ".summary.csv", ".summary.json", ".timeline.png")
+
+
+def timeline_stem(source: str, rel: Path | None) -> str:
+    """A plain file name for a video's timeline files: its path under the inputs without the
+    suffix (``clips/a.mp4`` -> ``clips_a``), or the source (``webcam:0`` -> ``webcam_0``)."""
+    text = "_".join(Path(rel).with_suffix("").parts) if rel is not None else source
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:120] or "video"
 
 
 def _parquet_schema(class_names: Sequence[str]):
@@ -94,6 +102,14 @@ class TimelineFiles:
 
         atomic_write_bytes(self.paths[".timeline.png"], timeline_png(timeline))
         return list(self.paths.values())
+
+
+    def abort(self) -> None:
+        """Remove the partial tables (nothing was processed)."""
+        self._csv_file.close()
+        self._parquet_file.close()
+        for suffix in (".tracks.csv", ".tracks.parquet"):
+            self._partial(suffix).unlink(missing_ok=True)
 
 
 def _number(value: Any) -> Any:
