@@ -265,6 +265,19 @@ def _peer_side(video: Path, photo_path: str, photos: int, peer_path: str | None)
     return {"available": False, "why": f"the peer process failed: {tail}"}
 
 
+def _traced_side(rec: Any, video: Path, detect_every: int, tracked: list[Any]) -> dict[str, Any] | None:
+    """The same video path with the model as a verified traced graph (``use_traced_graph``: CPU
+    fp32 only, within the golden tolerance of the model); ``None`` where it does not apply.  Last,
+    because it changes ``rec`` for the rest of the run."""
+    from .inference.accelerate import use_traced_graph
+
+    fast = getattr(rec, "fast_inference", None)
+    if fast is None or not use_traced_graph(fast):
+        return None
+    numbers, results = _poster_side(rec, video, detect_every)
+    return {**numbers, "agreement_with_untraced": _agreement(tracked, results)}
+
+
 def run_video_benchmark(o: VideoBenchmarkOptions) -> dict[str, Any]:
     """poster's video path (faces followed between detections), the per-frame path (a full
     detection in every frame, as before issue 19) and, where it can be imported, the ``fer``
@@ -294,6 +307,7 @@ def run_video_benchmark(o: VideoBenchmarkOptions) -> dict[str, Any]:
         report["poster"] = {"detect_every": o.detect_every, **followed}
         report["per_frame"] = per_frame
         report["agreement"] = _agreement(reference, tracked)
+        report["traced"] = _traced_side(rec, clip.path, o.detect_every, tracked)
         report["poster_photo"] = _measure(lambda: sum(1 for _ in range(o.photos) if rec.predict(photo, color="BGR")))
         report["poster_photo_labels"] = [f.label for f in rec.predict(photo, color="BGR").faces]
         if o.peer:
@@ -322,6 +336,8 @@ def format_video_report(r: dict[str, Any]) -> str:
     lines.append(row(f"poster (detect every {r['poster']['detect_every']})", r["poster"])
                  + f"   ({r['agreement']['faces_tracked']} faces found in {r['poster']['frames']} frames)")
     lines.append(row("poster, detection in every frame", r["per_frame"]))
+    if r.get("traced"):
+        lines.append(row("poster, model as traced graph", r["traced"]))
     peer = r.get("peer")
     if peer and peer.get("available"):
         lines.append(row(f"fer {peer['version']} (Haar + TFLite)", peer["video"])
