@@ -250,3 +250,44 @@ def test_rows_stream_to_disk_and_the_csv_is_readable_before_the_end(tmp_path, mo
 
     table = pq.ParquetFile(tmp_path / "clip.tracks.parquet")
     assert table.metadata.num_rows == 10 and table.num_row_groups == 3  # 4 + 4 + 2: flushed as it went
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: what was processed is kept, named and counted
+
+
+def test_a_corrupt_frame_is_counted_in_the_timeline_summary(rec, tmp_path):
+    clip = make_face_video(tmp_path / "c.avi", frames=8, size=(320, 240))
+    data = bytearray(clip.path.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8 and data[i + 2] == 0xFF]
+    data[starts[3]:starts[3] + 600] = bytes(600)  # the fourth frame's JPEG header wiped
+    clip.path.write_bytes(bytes(data))
+    summary, _ = run_batch(rec, [str(clip.path)], tmp_path / "run", BatchOptions(annotate=False))
+    assert summary.frames == 7 and summary.frames_failed == 1
+    info = json.loads((tmp_path / "run" / "timelines" / "c.summary.json").read_text())
+    assert info["frames"] == 7 and info["frames_failed"] == 1
+    table = pd.read_parquet(tmp_path / "run" / "timelines" / "c.tracks.parquet")
+    assert 3 not in set(table["frame"]) and set(table["track"]) == {0}
+
+
+def test_an_interrupted_video_keeps_its_timeline(rec, clip, tmp_path, monkeypatch):
+    from poster.inference import tracking
+
+    calls = {"n": 0}
+    real = tracking.VideoTracker.update
+
+    def stop_after_5(self, faces, time_s):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt  # Ctrl-C, or a webcam that stops mid-run
+        return real(self, faces, time_s)
+
+    monkeypatch.setattr(tracking.VideoTracker, "update", stop_after_5)
+    summary, _ = run_batch(rec, [str(clip.path)], tmp_path, BatchOptions(annotate=False))
+    assert summary.interrupted
+    folder = tmp_path / "timelines"
+    assert not list(folder.glob("*.partial"))
+    table = pd.read_csv(folder / "two_faces.tracks.csv")
+    assert sorted(set(table["frame"])) == [0, 1, 2, 3, 4]
+    assert json.loads((folder / "two_faces.summary.json").read_text())["frames"] == 5
+    assert cv2.imread(str(folder / "two_faces.timeline.png")) is not None

@@ -306,7 +306,13 @@ class _Job:
         counts = {"frames_failed": video.frames_failed, "detect_every": video.detect_every,
                   "full_detections": follower.full_detections if follower else video.timeline.frames}
         files.close(video.timeline, counts)
-        self.listener.note(f"timeline: {printable(files.paths['.timeline.png'])} ({len(video.timeline.tracks)} faces)")
+        timeline = video.timeline
+        odd = [f"{n} {what}" for n, what in ((timeline.irregular_intervals, "irregular frame intervals (variable frame "
+                                               "rate or dropped frames)"),
+                                              (timeline.timestamps_repaired, "missing or backward timestamps replaced"))
+               if n]
+        self.listener.note(f"timeline: {printable(files.paths['.timeline.png'])} ({len(timeline.tracks)} faces"
+                           + "".join(f"; {t}" for t in odd) + ")")
 
     def video(self, item: BatchInput) -> None:
         options = self.options

@@ -45,7 +45,7 @@ def _proximity(box: Sequence[float], track: _Track, gap_s: float, reach_per_s: f
     if not 2 / 3 <= ratio <= 1.5:
         return 0.0
     distance = math.hypot(bx + bw / 2 - tx - tw / 2, by + bh / 2 - ty - th / 2) / size
-    reach = min(0.5 + reach_per_s * gap_s, 3.0)
+    reach = min(1.0 + reach_per_s * gap_s, 3.0)
     return max(0.0, 1.0 - distance / reach)
 
 
@@ -54,7 +54,7 @@ class FaceTracker:
 
     ``min_iou``: boxes overlapping a track's last box at least this much continue it; ``max_gap_s``:
     a track unseen for longer ends (its face gets a new id when it comes back); ``reach_per_s``: how
-    far (face sizes per second away, from half a face size at once, at most 3) a lost face may have
+    far (face sizes per second away, from one face size at once, at most 3) a lost face may have
     moved and still be recognised as the same.  Ids are 0, 1, 2, ... in order of first appearance.
     """
 
