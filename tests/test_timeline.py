@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from poster.inference.batch import BatchOptions, run_batch
 from poster.inference.follow import FollowingDetector
@@ -29,12 +28,7 @@ from poster.videobench import make_face_video
 FRAMES, OCCLUDED = 40, (12, 22)  # face 0 hidden for 10 frames (0.4 s at 25 fps)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

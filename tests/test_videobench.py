@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from poster.cli import main
 from poster.videobench import SyntheticVideo, make_face_video, peer_main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_synthetic_video_has_its_frames_and_hides_face_0(tmp_path):
