@@ -20,7 +20,7 @@ spent in the last expression seen).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import cv2
@@ -31,7 +31,7 @@ from .results import FaceResult
 
 __all__ = ["Timeline", "TrackSummary", "row_columns", "require_pandas"]
 
-_MAX_SERIES = 4000  # plotted points per track before the series is halved
+_MAX_SERIES = 4096  # plotted points per track before the series is halved (a power of 2: buffers double up to it)
 _THUMB = 96  # thumbnail height, pixels
 _DEFAULT_INTERVAL = 1 / 25  # when the source tells no frame rate
 
@@ -85,10 +85,15 @@ class _TrackState:
     pending_label: int | None = None  # the last observation, weighted when the next one comes
     time_per_label: np.ndarray | None = None
     prob_sum: np.ndarray | None = None
-    times: list[float] = field(default_factory=list)
-    series: list[np.ndarray] = field(default_factory=list)
+    # the plotted series, in buffers that grow by doubling up to _MAX_SERIES: small arrays made per frame and kept
+    # would pin the native heap between the frames' large buffers (hundreds of MB over a long video)
+    times: np.ndarray | None = None
+    series: np.ndarray | None = None
+    points: int = 0
     step: int = 1  # each plotted point stands for this many observations
-    carry: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    carry_n: int = 0
+    carry_t: float = 0.0
+    carry_p: np.ndarray | None = None
     thumbnail: np.ndarray | None = None  # RGB
     thumbnail_score: float = -1.0
 
@@ -157,7 +162,9 @@ class Timeline:
         n = len(self.class_names)
         state = self.tracks.get(track)
         if state is None:
-            state = self.tracks[track] = _TrackState(frame, time_s, time_per_label=np.zeros(n), prob_sum=np.zeros(n))
+            state = self.tracks[track] = _TrackState(frame, time_s, time_per_label=np.zeros(n), prob_sum=np.zeros(n),
+                                                     times=np.empty(64), series=np.empty((64, n)),
+                                                     carry_p=np.zeros(n))
         elif state.pending_label is not None:
             state.time_per_label[state.pending_label] += min(max(time_s - state.last_s, 0.0), 2 * self.interval)
         state.pending_label = best
@@ -170,16 +177,24 @@ class Timeline:
 
     @staticmethod
     def _plot_point(state: _TrackState, time_s: float, smooth: np.ndarray) -> None:
-        state.carry.append((time_s, smooth))
-        if len(state.carry) < state.step:
+        state.carry_n += 1
+        state.carry_t += time_s
+        state.carry_p += smooth
+        if state.carry_n < state.step:
             return
-        state.times.append(float(np.mean([t for t, _ in state.carry])))
-        state.series.append(np.mean([p for _, p in state.carry], axis=0))
-        state.carry.clear()
-        if len(state.series) >= _MAX_SERIES:  # bounded memory for any length: halve the resolution
-            state.times = [(a + b) / 2 for a, b in zip(state.times[::2], state.times[1::2])]
-            state.series = [(a + b) / 2 for a, b in zip(state.series[::2], state.series[1::2])]
-            state.step *= 2
+        if state.points == len(state.times):  # grown by doubling: few allocations, small for short tracks
+            state.times = np.resize(state.times, 2 * state.points)
+            state.series = np.resize(state.series, (2 * state.points, state.series.shape[1]))
+        state.times[state.points] = state.carry_t / state.carry_n
+        np.divide(state.carry_p, state.carry_n, out=state.series[state.points])
+        state.points += 1
+        state.carry_n, state.carry_t = 0, 0.0
+        state.carry_p[:] = 0.0
+        if state.points == _MAX_SERIES:  # bounded memory for any length: halve the resolution
+            half = _MAX_SERIES // 2
+            state.times[:half] = (state.times[0::2] + state.times[1::2]) / 2
+            state.series[:half] = (state.series[0::2] + state.series[1::2]) / 2
+            state.points, state.step = half, state.step * 2
 
     # -- what it gives ---------------------------------------------------------------------------
 
@@ -202,10 +217,10 @@ class Timeline:
     def series(self, track: int) -> tuple[np.ndarray, np.ndarray]:
         """Times (s) and smoothed probabilities ``[T, C]`` of one track, as plotted (bounded length)."""
         s = self.tracks[track]
-        points = list(zip(s.times, s.series)) + ([(float(np.mean([t for t, _ in s.carry])),
-                                                   np.mean([p for _, p in s.carry], axis=0))] if s.carry else [])
-        times = np.array([t for t, _ in points])
-        probs = np.array([p for _, p in points]).reshape(len(points), len(self.class_names))
+        times, probs = s.times[:s.points].copy(), s.series[:s.points].copy()
+        if s.carry_n:
+            times = np.append(times, s.carry_t / s.carry_n)
+            probs = np.vstack([probs, s.carry_p / s.carry_n])
         return times, probs
 
     def thumbnail(self, track: int) -> np.ndarray | None:

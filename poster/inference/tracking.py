@@ -105,11 +105,16 @@ class ProbabilitySmoother:
         self.state: dict[int, np.ndarray] = {}
 
     def update(self, track: int, probs: np.ndarray) -> np.ndarray:
+        """The track's new state (the smoother's own array, updated in place at the next call:
+        copy it to keep it; one array per track, not one per frame, for a flat native heap)."""
         probs = np.asarray(probs, dtype=np.float64)
-        previous = self.state.get(track)
-        value = probs if previous is None else self.alpha * previous + (1.0 - self.alpha) * probs
-        self.state[track] = value
-        return value
+        state = self.state.get(track)
+        if state is None:
+            state = self.state[track] = probs.copy()
+        else:
+            state *= self.alpha
+            state += (1.0 - self.alpha) * probs
+        return state
 
     def forget(self, keep: set[int]) -> None:
         self.state = {t: v for t, v in self.state.items() if t in keep}
