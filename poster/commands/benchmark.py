@@ -78,7 +78,8 @@ def add_parser(subparsers) -> None:
     video.add_argument("--no-peer", dest="peer", action="store_false", help="leave the fer package out")
     video.add_argument("--peer-path", default=None,
                        help="a folder put first on the peer's path, where fer and an OpenCV with the Haar cascade "
-                            "detector are installed (pip install --target DIR fer opencv-contrib-python-headless)")
+                            "detector are installed (pip install --no-deps --target DIR fer 'opencv-contrib-python-headless<5' "
+                            "ai-edge-litert; without --no-deps fer pulls in TensorFlow)")
     p.set_defaults(run=run)
 
 
