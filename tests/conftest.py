@@ -35,3 +35,13 @@ def fer2013_dir(shared_dir) -> Path:
     if not (path / "train").is_dir():
         pytest.skip(f"{path} is absent: the FER2013 faces are needed for this test")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Compact models on a shared 2-core machine: one intra-op thread is several times faster
+    (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -314,7 +314,7 @@ def face_video(tmp_path_factory, astronaut_rgb) -> Path:
 
 def test_predict_video_gives_per_frame_results(model_rgb, face_video):
     rec = Recognizer.from_checkpoint(model_rgb, batch_size=4)
-    video = rec.predict_video(face_video)
+    video = rec.predict_video(face_video, detect_every=1)  # per-frame detection, the reference below
     assert video.fps == pytest.approx(10.0)
     results = list(video)
     assert [r.frame for r in results] == list(range(10))
@@ -323,13 +323,13 @@ def test_predict_video_gives_per_frame_results(model_rgb, face_video):
     assert xs[-1] - xs[0] > 50  # the face moves right by 72 pixels
     assert video.frames_read == 10 and video.frames_failed == 0 and video.frame_size == (320, 240)
 
-    every3 = list(rec.predict_video(face_video, every_n=3))
+    every3 = list(rec.predict_video(face_video, every_n=3, detect_every=1))
     assert [r.frame for r in every3] == [0, 3, 6, 9]
     for r in every3:
         np.testing.assert_allclose(_probs(r), _probs(results[r.frame]), atol=1e-6)
 
     alpha = 0.6
-    smoothed = list(rec.predict_video(face_video, smoothing=alpha))
+    smoothed = list(rec.predict_video(face_video, smoothing=alpha, detect_every=1))
     state = _probs(results[0])[0]
     np.testing.assert_allclose(_probs(smoothed[0])[0], state, atol=1e-9)
     for raw, sm in zip(results[1:], smoothed[1:]):

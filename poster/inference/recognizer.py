@@ -361,17 +361,21 @@ class Recognizer:
         return self._run(jobs, keep_images, max_pending=1 if live else None)
 
     def predict_video(self, source: int | str | os.PathLike, every_n: int = 1, smoothing: float | None = None,
-                      keep_images: bool = False, max_frames: int | None = None) -> "VideoPrediction":
+                      keep_images: bool = False, max_frames: int | None = None, detect_every: int = 5,
+                      timeline_sink: Callable[[list], Any] | None = None) -> "VideoPrediction":
         """Per-frame results of a video file, a webcam (``0``, ``"webcam:0"``) or a stream URL.
 
-        ``every_n``: process one frame in ``every_n``.  ``smoothing``: ``None`` or an EMA factor
-        ``alpha`` in [0, 1): each face is followed across frames (box overlap) and its probabilities
-        become ``alpha * previous + (1 - alpha) * current``.  ``max_frames``: stop after this many
-        processed frames.  Returns an iterable ``VideoPrediction`` (with ``fps``, ``frame_size``,
-        ``frames_read`` and ``frames_failed``: frames that could not be decoded are skipped and
-        counted).  The source is opened at once (``PosterError`` when it cannot be)."""
+        ``every_n``: process one frame in ``every_n``.  Each face gets a ``track`` id across frames
+        (kept through short occlusions).  ``smoothing``: ``None`` or an EMA factor ``alpha`` in
+        [0, 1): the probabilities become ``alpha * previous + (1 - alpha) * current`` per track.
+        ``max_frames``: stop after this many processed frames.  ``detect_every``: a full face
+        detection every K processed frames, faces followed in between (``poster.inference.follow``;
+        1: every frame).  Returns an iterable ``VideoPrediction`` (with ``fps``, ``frame_size``,
+        ``frames_read``, ``frames_failed``: frames that could not be decoded are skipped and
+        counted; ``timeline`` and ``to_dataframe()``: one row per face per frame).  The source is
+        opened at once (``PosterError`` when it cannot be)."""
         return VideoPrediction(self, source, every_n=every_n, smoothing=smoothing, keep_images=keep_images,
-                               max_frames=max_frames)
+                               max_frames=max_frames, detect_every=detect_every, timeline_sink=timeline_sink)
 
     def __repr__(self) -> str:
         return (f"Recognizer(checkpoint={self.checkpoint!r}, arch={self.meta.arch!r}, device={str(self.device)!r}, "

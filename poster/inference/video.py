@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
 
@@ -26,8 +27,10 @@ import numpy as np
 
 from ..errors import PosterError
 from ..fileio import new_temporary_beside
+from .follow import recognizer_following
 from .results import ImageResult
-from .tracking import EmaTracker
+from .timeline import Timeline
+from .tracking import VideoTracker, with_probabilities
 
 __all__ = ["VIDEO_EXTENSIONS", "parse_source", "is_video_path", "FrameReader", "VideoSink"]
 
@@ -69,7 +72,8 @@ class FrameReader:
     ``every_n``: decode only every n-th frame (the others are grabbed, not decoded); indices stay
     those of the source.  ``max_failures``: consecutive unreadable frames after which the source is
     considered finished.  Attributes: ``fps`` (0 when unknown), ``frame_size`` ((w, h), once known),
-    ``frame_count`` (files only, else 0), ``frames_read``, ``frames_failed``.
+    ``frame_count`` (files only, else 0), ``frames_read``, ``frames_failed``, ``position_s`` (the
+    container's timestamp of the last frame read, seconds; ``None`` where there is none).
     """
 
     def __init__(self, source: int | str | os.PathLike, every_n: int = 1, max_failures: int = 25) -> None:
@@ -94,6 +98,7 @@ class FrameReader:
         self.frame_size = (w, h) if w > 0 and h > 0 else None
         self.frames_read = 0
         self.frames_failed = 0
+        self.position_s: float | None = None
         self._lock = threading.Lock()  # close() from another thread waits for the current read
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -110,6 +115,8 @@ class FrameReader:
                     else:
                         ok, frame = self._cap.read()
                         ok = bool(ok) and frame is not None and frame.size > 0
+                        if ok and self.kind == "file":
+                            self.position_s = float(self._cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
                 if not ok:
                     if self.frame_count and index >= self.frame_count:
                         break  # past the announced end of the file
@@ -209,21 +216,38 @@ class FrameRecognizer(Protocol):
                        live: bool = False) -> Iterator[ImageResult]: ...
 
 
+DEFAULT_SMOOTHING = 0.6  # the timeline's smoothed probabilities when no smoothing is asked for
+
+
 class VideoPrediction:
-    """Iterable of per-frame ``ImageResult`` for one video source (see ``Recognizer.predict_video``)."""
+    """Iterable of per-frame ``ImageResult`` for one video source (see ``Recognizer.predict_video``).
+
+    Every face gets a ``track`` id; ``timeline`` (``poster.inference.timeline.Timeline``) collects
+    one timeline per face as the frames go by, ``to_dataframe()`` gives its rows (one per face per
+    frame).  ``timeline_sink``: called with each frame's timeline rows (then none are kept in
+    memory); ``detect_every``: a full face detection every K frames, faces followed in between
+    (``poster.inference.follow``; 1: detect in every frame).
+    """
 
     def __init__(self, recognizer: "FrameRecognizer", source: int | str | os.PathLike, every_n: int = 1,
-                 smoothing: float | None = None, keep_images: bool = False, max_frames: int | None = None) -> None:
+                 smoothing: float | None = None, keep_images: bool = False, max_frames: int | None = None,
+                 detect_every: int = 1, timeline_sink=None) -> None:
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if smoothing is not None and not 0.0 <= float(smoothing) < 1.0:
+            raise ValueError(f"smoothing must be None or in [0, 1), got {smoothing}")
         self.recognizer = recognizer
         self.reader = FrameReader(source, every_n=every_n)
         self.source = self.reader.name
         self.smoothing = smoothing
-        if smoothing is not None and not 0.0 <= float(smoothing) < 1.0:
-            self.reader.close()
-            raise ValueError(f"smoothing must be None or in [0, 1), got {smoothing}")
         self.keep_images = keep_images
         self.max_frames = max_frames
+        self.detect_every = int(detect_every)
+        self.follower = None  # the FollowingDetector once running, with its counts
         self.frames_processed = 0
+        self.timeline = Timeline(recognizer.class_names, self.source, self.reader.fps, every_n,
+                                 keep_rows=timeline_sink is None, sink=timeline_sink)
+        self._times: dict[int, float] = {}
         self._started = False
 
     @property
@@ -245,26 +269,41 @@ class VideoPrediction:
     def close(self) -> None:
         self.reader.close()
 
+    def to_dataframe(self):
+        """The rows so far as a pandas DataFrame, one per face per frame (``Timeline.to_dataframe``)."""
+        return self.timeline.to_dataframe()
+
     def __iter__(self) -> Iterator[ImageResult]:
         if self._started:
             raise RuntimeError("a VideoPrediction can be iterated once")
         self._started = True
-        rec = self.recognizer
-        tracker = EmaTracker(float(self.smoothing), rec.class_names) if self.smoothing is not None else None
+        rec, self.follower = recognizer_following(self.recognizer, self.detect_every)
+        names = tuple(rec.class_names)
+        tracker = VideoTracker(names, DEFAULT_SMOOTHING if self.smoothing is None else float(self.smoothing))
         live = self.reader.kind in ("webcam", "stream")
-        results = rec.predict_frames(self.source, self._frames(), self.keep_images, live=live)
+        results = rec.predict_frames(self.source, self._frames(), True, live=live)  # frames kept for thumbnails
         try:
             for result in results:
                 self.frames_processed += 1
-                if tracker is not None and result.ok:
-                    result.faces = tracker.update(result.faces)
+                stamp = self._times.pop(result.frame, None)
+                if result.ok:
+                    when = self.timeline.frame_time(stamp)
+                    faces, smoothed = tracker.update(result.faces, when)
+                    self.timeline.add(result.frame, when, faces, smoothed, result.image)
+                    result.faces = faces if self.smoothing is None else [
+                        with_probabilities(f, s, names, f.track) for f, s in zip(faces, smoothed)]
+                if not self.keep_images:
+                    result.image = None
                 yield result
         finally:
             results.close()  # stops the decoding thread
             self.reader.close()
 
     def _frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        start = time.monotonic()
         for count, (index, frame) in enumerate(self.reader):
             if self.max_frames is not None and count >= self.max_frames:
                 break
+            # files: the container's timestamp (variable frame rates as they are); live: the clock
+            self._times[index] = self.reader.position_s if self.reader.kind == "file" else time.monotonic() - start
             yield index, frame
