@@ -1,7 +1,7 @@
 """Video timelines (issue 19): track ids across occlusions, faces followed between detections,
 the per-face tables (CSV, Parquet, pandas), summaries and the timeline plot.
 
-The video is synthetic (``poster.videobench.make_face_video``): the repository's astronaut photo
+The video is synthetic (``poster.benchmark.video.make_face_video``): the repository's astronaut photo
 pasted into the frames, moving and tilting, a second (mirrored, smaller) face, and a grey bar that
 hides face 0 for a while.  The bundled model gives real predictions on it.
 """
@@ -23,7 +23,7 @@ from poster.inference.timeline import Timeline, row_columns
 from poster.inference.timeline_files import TimelineFiles
 from poster.inference.results import FaceResult
 from poster.inference.tracking import FaceTracker
-from poster.videobench import make_face_video
+from poster.benchmark.video import make_face_video
 
 FRAMES, OCCLUDED = 40, (12, 22)  # face 0 hidden for 10 frames (0.4 s at 25 fps)
 

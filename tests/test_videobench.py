@@ -7,7 +7,7 @@ import json
 import pytest
 
 from poster.cli import main
-from poster.videobench import SyntheticVideo, make_face_video, peer_main
+from poster.benchmark.video import SyntheticVideo, make_face_video, peer_main
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

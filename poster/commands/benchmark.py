@@ -85,7 +85,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run_video(args: argparse.Namespace) -> int:
-    from ..videobench import VideoBenchmarkOptions, format_video_report, run_video_benchmark
+    from ..benchmark.video import VideoBenchmarkOptions, format_video_report, run_video_benchmark
 
     if args.frames < 1 or args.detect_every < 1 or args.photos < 1:
         raise PosterError("--frames, --detect-every and --photos must be at least 1")

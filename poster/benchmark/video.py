@@ -19,11 +19,11 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .errors import PosterError
+from ..errors import PosterError
 
 __all__ = ["SyntheticVideo", "make_face_video", "VideoBenchmarkOptions", "run_video_benchmark", "format_video_report"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FACE_IMAGE = ROOT / "examples" / "astronaut.jpg"
 _HEAD = (30, 230, 140, 320)  # rows, columns of the astronaut's head in examples/astronaut.jpg (512x512)
 
@@ -235,7 +235,7 @@ def _peer_measure(video: str, photo_path: str, photos: int) -> dict[str, Any]:
 
 
 def peer_main() -> None:
-    """``python -c 'from poster.videobench import peer_main; peer_main()' VIDEO PHOTO N``: the peer's
+    """``python -c 'from poster.benchmark.video import peer_main; peer_main()' VIDEO PHOTO N``: the peer's
     numbers as one JSON line (a process of its own: fer needs an OpenCV with the Haar cascade
     detector, which OpenCV 5's main package no longer has, so its OpenCV may not be poster's)."""
     import json
@@ -256,7 +256,7 @@ def _peer_side(video: Path, photo_path: str, photos: int, peer_path: str | None)
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (peer_path, str(ROOT), env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", "from poster.videobench import peer_main; peer_main()", str(video),
+    done = subprocess.run([sys.executable, "-c", "from poster.benchmark.video import peer_main; peer_main()", str(video),
                            photo_path, str(photos)], capture_output=True, text=True, env=env, timeout=1800)
     for line in done.stdout.splitlines():
         if line.startswith("PEER "):
@@ -269,7 +269,7 @@ def _traced_side(rec: Any, video: Path, detect_every: int, tracked: list[Any]) -
     """The same video path with the model as a verified traced graph (``use_traced_graph``: CPU
     fp32 only, within the golden tolerance of the model); ``None`` where it does not apply.  Last,
     because it changes ``rec`` for the rest of the run."""
-    from .inference.accelerate import use_traced_graph
+    from ..inference.accelerate import use_traced_graph
 
     fast = getattr(rec, "fast_inference", None)
     if fast is None or not use_traced_graph(fast):
@@ -287,8 +287,8 @@ def run_video_benchmark(o: VideoBenchmarkOptions) -> dict[str, Any]:
 
     import torch
 
-    from .benchmark import cpu_name
-    from .inference.recognizer import Recognizer
+    from .runner import cpu_name
+    from ..inference.recognizer import Recognizer
 
     report: dict[str, Any] = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                                           "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
@@ -316,7 +316,7 @@ def run_video_benchmark(o: VideoBenchmarkOptions) -> dict[str, Any]:
     if o.json_path:
         import json
 
-        from .fileio import atomic_write_text
+        from ..fileio import atomic_write_text
 
         atomic_write_text(o.json_path, json.dumps(report, indent=1) + "\n")
     return report
