@@ -56,3 +56,28 @@ def test_precision_choices_are_the_policy_requests():
 
     for command in ("test", "train", "predict", "benchmark", "serve"):
         assert tuple(_option(_subparsers()[command], "--precision").choices) == REQUESTS, command
+
+
+def _defaults_by_dest(parser: argparse.ArgumentParser) -> dict[str, object]:
+    return {a.dest: a.default for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def test_predict_flag_defaults_are_the_librarys():
+    """Every predict flag that sets a batch option defaults to BatchOptions' value, and the
+    recogniser's and detector's knobs to their constructors' defaults."""
+    import dataclasses
+    import inspect
+
+    from poster.face.detect import YuNetDetector
+    from poster.inference.options import BatchOptions
+    from poster.inference.recognizer import Recognizer
+
+    flags = _defaults_by_dest(_subparsers()["predict"])
+    by_field = {"fmt": "format", "smoothing": "smooth"}  # flag names that differ from the field's
+    for field in dataclasses.fields(BatchOptions):
+        assert flags[by_field.get(field.name, field.name)] == field.default, field.name
+    recognizer = inspect.signature(Recognizer.__init__).parameters
+    for name in ("batch_size", "min_face", "crop_size"):
+        assert flags[name] == recognizer[name].default, name
+    assert flags["score_threshold"] == inspect.signature(YuNetDetector.__init__).parameters["score_threshold"].default
+    assert flags["precision"] == "auto" and flags["runtime"] == "auto"

@@ -23,9 +23,13 @@ from pathlib import Path
 from ..precision import REQUESTS
 from ..errors import PosterError
 from ..face import DETECTOR_NAMES
+from ..inference.options import BatchOptions
 from ..textsafe import printable
 
 log = logging.getLogger(__name__)
+
+# The batch job's option defaults live on BatchOptions; the parser reads them from there.
+DEFAULTS = BatchOptions()
 
 
 def add_parser(subparsers) -> None:
@@ -56,7 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="PyTorch runtime: torch.compile the model (the first batch pays the compile time)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="faces per model batch (default 32)")
-    p.add_argument("-k", "--top-k", type=int, default=3,
+    p.add_argument("-k", "--top-k", type=int, default=DEFAULTS.top_k,
                    help="classes shown per face in the annotations, the printout and the top_k field (default 3)")
     p.add_argument("--min-face", type=float, default=0.0, help="ignore faces smaller than this many pixels")
     p.add_argument("--crop-size", type=int, default=100,
@@ -71,19 +75,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--exist-ok", action="store_true",
                    help="write into --output-dir even if it holds an earlier run (its results file and "
                         "annotated/ are removed first)")
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="results file format")
-    p.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--format", choices=("jsonl", "csv"), default=DEFAULTS.fmt, help="results file format")
+    p.add_argument("--annotate", action=argparse.BooleanOptionalAction, default=DEFAULTS.annotate,
                    help="write annotated images/videos (default: yes)")
-    p.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+    p.add_argument("--smooth", type=float, default=DEFAULTS.smoothing, metavar="ALPHA",
                    help="videos: exponential smoothing of each face's probabilities across frames, "
                         "new = ALPHA * previous + (1 - ALPHA) * current (0 <= ALPHA < 1)")
-    p.add_argument("--every-n", type=int, default=1, metavar="N", help="videos: process one frame in N")
-    p.add_argument("--max-frames", type=int, default=None, help="videos: stop after this many processed frames")
-    p.add_argument("--detect-every", type=int, default=5, metavar="K",
+    p.add_argument("--every-n", type=int, default=DEFAULTS.every_n, metavar="N", help="videos: process one frame in N")
+    p.add_argument("--max-frames", type=int, default=DEFAULTS.max_frames, help="videos: stop after this many processed frames")
+    p.add_argument("--detect-every", type=int, default=DEFAULTS.detect_every, metavar="K",
                    help="videos: a full face detection every K processed frames, each face followed in between "
                         "by a detection around its last box (about twice as fast; default 5; 1: detect in "
                         "every frame)")
-    p.add_argument("--timeline", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--timeline", action=argparse.BooleanOptionalAction, default=DEFAULTS.timeline,
                    help="videos: write timelines/<video>.tracks.csv/.parquet (one row per face per frame), "
                         ".summary.csv/.json (per face) and .timeline.png (default: yes)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print one line per face")
@@ -201,7 +205,7 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
 def run(args: argparse.Namespace) -> int:
     # torch, OpenCV and the inference stack load here, not when the parser is built (poster --help)
     from ..device import resolve_device
-    from ..inference.batch import BatchOptions, Shard, check_inputs, open_run_folder, run_batch
+    from ..inference.batch import Shard, check_inputs, open_run_folder, run_batch
     from ..inference.recognizer import default_checkpoint
     from ..inference.runtime import detect_runtime
 

@@ -34,6 +34,7 @@ from ..fileio import atomic_write_bytes, claim_run_folder, safe_mkdirs, safe_sub
 from ..runlock import RunLock
 from ..textsafe import printable
 from .drawing import annotate
+from .options import BatchOptions  # where the command line reads it without torch
 from .inputs import RUN_MARKER, BatchInput, expand_inputs, why_nothing_in
 from .results import ImageResult
 from .timeline_files import TimelineFiles, timeline_stem
@@ -46,24 +47,6 @@ __all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder"
            "run_batch"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # annotated copies keep these, others become .png
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """What a batch job does with each input: ``fmt`` of the results file (``"jsonl"`` or ``"csv"``),
-    ``top_k`` classes per record and annotation, ``annotate`` (write annotated copies), and for
-    videos ``every_n`` (one frame in N), ``smoothing`` (EMA factor), ``max_frames``,
-    ``detect_every`` (a full face detection every K frames, faces followed in between; 1: every
-    frame) and ``timeline`` (write ``timelines/``: per-face tables, summaries, plot)."""
-
-    fmt: str = "jsonl"
-    top_k: int = 3
-    annotate: bool = True
-    every_n: int = 1
-    smoothing: float | None = None
-    max_frames: int | None = None
-    detect_every: int = 5
-    timeline: bool = True
 
 
 @dataclass
