@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..errors import PosterError
 from ..face.detect import list_detectors
-from ..inference.batch import BatchListener, BatchOptions, BatchSummary, Shard, open_run_folder, run_batch
+from ..inference.batch import (BatchListener, BatchOptions, BatchSummary, Shard, interrupted_runs, open_run_folder,
+                               run_batch)
 from ..textsafe import printable
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,16 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
     return rec
 
 
+def _say_what_becomes_of_killed_runs(requested: str, folder: Path) -> None:
+    """A second run after a killed one says whether it starts afresh beside it or in its place."""
+    for partial, records in interrupted_runs(requested, folder):
+        what = f"{printable(partial.parent)} holds an interrupted run ({printable(partial.name)}, {records} complete records)"
+        if partial.parent == folder:
+            print(f"note: {what}; --exist-ok: it is replaced, this run starts afresh there")
+        else:
+            print(f"note: {what}, kept as it is; this run starts afresh in {printable(folder)}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..inference.recognizer import default_checkpoint
@@ -213,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
     # the run folder is claimed and locked before the model loads: a busy or unusable folder is
     # the first and only thing said
     with open_run_folder(args.output_dir, args.exist_ok, args.format, shard) as run_folder:
+        if shard.rank == 0:
+            _say_what_becomes_of_killed_runs(args.output_dir, run_folder.folder)
         rec = _load_recognizer(args, checkpoint, runtime, shard.device)
         options = BatchOptions(fmt=args.format, top_k=args.top_k, annotate=args.annotate, every_n=args.every_n,
                                smoothing=args.smooth, max_frames=args.max_frames)

@@ -19,8 +19,10 @@ parts.  Nothing is printed: what happens is told to a ``BatchListener`` (the CLI
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -29,17 +31,18 @@ import cv2
 
 from ..errors import PosterError
 from ..fileio import atomic_write_bytes, claim_run_folder, safe_mkdirs, safe_subfolder
-from ..runlock import RunLock
+from ..runlock import LOCK_NAME, RunLock, pid_alive
 from ..textsafe import printable
 from .drawing import annotate
 from .inputs import RUN_MARKER, BatchInput, expand_inputs
 from .results import ImageResult
 from .video import VideoSink
-from .writer import ResultsWriter
+from .writer import ResultsWriter, complete_records
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder", "open_run_folder", "run_batch"]
+__all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder", "interrupted_runs", "open_run_folder",
+           "run_batch"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # annotated copies keep these, others become .png
 
@@ -206,6 +209,31 @@ def open_run_folder(requested: str | os.PathLike, exist_ok: bool = False, fmt: s
         (folder / results_name).unlink(missing_ok=True)
         return RunFolder(folder, shard)
     return RunFolder(folder, shard, _lock_and_clear(folder, results_name))
+
+
+def interrupted_runs(requested: str | os.PathLike, claimed: Path) -> list[tuple[Path, int]]:
+    """``(partial results file, complete records)`` of each killed run in ``requested``, ``requested2``,
+    ... up to ``claimed`` (the folder this run got): what the CLI names so that a second run says
+    whether it starts afresh beside the killed one or (``--exist-ok``) in its place.  A folder whose
+    lock names a live process is a run in progress, not a killed one."""
+    requested, found = Path(requested), []
+    candidates = [requested] + [requested.with_name(f"{requested.name}{n}") for n in range(2, 10_000)]
+    for folder in candidates:
+        if folder.is_dir() and not folder.is_symlink() and (folder == claimed or not _run_in_progress(folder)):
+            found += [(partial, complete_records(partial)) for partial in sorted(folder.glob("results*.partial"))
+                      if partial.is_file() and not partial.is_symlink()]
+        if folder == claimed or not os.path.lexists(folder):
+            break
+    return found
+
+
+def _run_in_progress(folder: Path) -> bool:
+    lock = folder / LOCK_NAME
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8")) if lock.is_file() and not lock.is_symlink() else {}
+        return owner.get("host") == socket.gethostname() and pid_alive(int(owner["pid"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
