@@ -120,7 +120,8 @@ def _print_summary(summary: BatchSummary, results_path: Path, annotated_dir: Pat
     parts = [f"{summary.images} images ({summary.images_without_face} without a face)"]
     if summary.videos or summary.frames:
         parts.append(f"{summary.videos} videos ({summary.frames} frames"
-                     + (f", {summary.frames_failed} undecodable frames skipped" if summary.frames_failed else "") + ")")
+                     + (f", {summary.frames_failed} undecodable frames skipped" if summary.frames_failed else "")
+                     + (f", {summary.videos_cut_short} cut short" if summary.videos_cut_short else "") + ")")
     parts.append(f"{summary.faces} faces")
     parts.append(f"{len(summary.unreadable)} unreadable")
     parts.append(f"{len(summary.skipped)} skipped (not images)")

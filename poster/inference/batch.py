@@ -68,6 +68,7 @@ class BatchSummary:
     videos: int = 0
     frames: int = 0
     frames_failed: int = 0
+    videos_cut_short: int = 0  # files that ended well before the frame count of their header
     faces: int = 0
     unreadable: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -336,6 +337,11 @@ class _Job:
         self.summary.videos += 1
         written = sink.close() if sink is not None else None
         failed = f", {video.frames_failed} undecodable frames skipped" if video.frames_failed else ""
+        reader = video.reader
+        if reader.cut_short:
+            failed += (f", ends at frame {reader.frames_seen} of the {reader.frame_count} its header announces "
+                       "(cut short?)")
+            self.summary.videos_cut_short += 1
         self.listener.note(f"{printable(video.source)}: {frames} frames, {faces} faces{failed}"
                            + (f" -> {printable(written)}" if written else ""))
 
