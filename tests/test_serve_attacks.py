@@ -349,3 +349,16 @@ def _assert_serving(base: str) -> None:
     r = httpx.post(f"{base}/v1/predict", content=ASTRONAUT.read_bytes(), headers={"Content-Type": "image/jpeg"},
                    timeout=60)
     assert r.status_code == 200 and r.json()["faces"][0]["label"] == "happy", r.text
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-inflight-mb", "0", "--max-upload-mb, --max-pixels and --max-inflight-mb must be positive"),
+    ("--max-connections", "0", "--max-connections must be at least 1"),
+    ("--client-timeout", "0", "--client-timeout must be between 0 and 3600 seconds"),
+    ("--client-timeout", "nan", "--client-timeout must be between 0 and 3600 seconds"),
+])
+def test_new_limits_are_checked_in_one_line(option, value, message, capsys):
+    from poster.cli import main
+
+    assert main(["serve", option, value]) == 1  # refused before any model is loaded or port bound
+    assert capsys.readouterr().err.strip() == f"error: {message}"
