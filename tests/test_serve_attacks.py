@@ -183,13 +183,14 @@ def _wait_closed(conn: socket.socket, seconds: float) -> bytes:
 def test_bytes_in_flight_are_bounded_across_requests(guarded):
     """Three uploads of 1 MiB announced and not yet sent fill the 3 MiB budget: a fourth is answered
     503 with Retry-After at once, without its body being read; once they go, uploads are taken again."""
-    held = [_open_request(guarded, _post_head(2**20 - 10) + "x" * 100) for _ in range(3)]
+    held = [_open_request(guarded, _post_head(2**20) + "x" * 100) for _ in range(3)]
     try:
         time.sleep(0.5)  # let the server read their heads
         r = _raw(guarded, ASTRONAUT.read_bytes())
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "1" and "in flight" in r.json()["error"]
-        assert httpx.get(f"{guarded}/readyz", timeout=10).json()["bytes_in_flight"] >= 3 * (2**20 - 10)
+        ready = httpx.get(f"{guarded}/readyz", timeout=10)  # a balancer sends its traffic elsewhere meanwhile
+        assert ready.status_code == 503 and "bytes in flight" in ready.json()["error"]
     finally:
         for conn in held:
             conn.close()
