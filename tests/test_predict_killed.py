@@ -85,7 +85,7 @@ def test_kill_9_half_way_then_run_again(tmp_path):
         if picture.is_file() and not picture.name.startswith("."):  # an interrupted write's temporary is hidden
             assert cv2.imread(str(picture)) is not None, f"corrupt annotated copy {picture}"
 
-    again = subprocess.run(_predict(str(photos), "-o", str(out), "-q"), env=_env(), cwd=tmp_path,
+    again = subprocess.run(_predict(str(photos), "-o", str(out), "-q", "--no-annotate"), env=_env(), cwd=tmp_path,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     fresh = tmp_path / "out2"
@@ -94,7 +94,7 @@ def test_kill_9_half_way_then_run_again(tmp_path):
     assert partial.read_bytes() == killed  # the killed run's records are left as they were
     _assert_complete(fresh / "results.jsonl", photos, good)
 
-    replaced = subprocess.run(_predict(str(photos), "-o", str(out), "-q", "--exist-ok"), env=_env(),
+    replaced = subprocess.run(_predict(str(photos), "-o", str(out), "-q", "--exist-ok", "--no-annotate"), env=_env(),
                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert replaced.returncode == 0, replaced.stderr
     assert (f"note: {out} holds an interrupted run (results.jsonl.partial, {len(records)} complete records); "

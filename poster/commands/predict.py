@@ -203,7 +203,8 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
 def _say_what_becomes_of_killed_runs(requested: str, folder: Path) -> None:
     """A second run after a killed one says whether it starts afresh beside it or in its place."""
     for partial, records in interrupted_runs(requested, folder):
-        what = f"{printable(partial.parent)} holds an interrupted run ({printable(partial.name)}, {records} complete records)"
+        what = (f"{printable(partial.parent)} holds an interrupted run ({printable(partial.name)}, "
+                f"{records} complete records)")
         if partial.parent == folder:
             print(f"note: {what}; --exist-ok: it is replaced, this run starts afresh there")
         else:

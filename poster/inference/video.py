@@ -66,10 +66,13 @@ def source_name(source: int | str | os.PathLike) -> str:
 def _stream_timeouts() -> list[int]:
     """OpenCV's open and read timeouts for a network stream: one that stalls ends (as a stream ends)
     after ``POSTER_STREAM_TIMEOUT`` seconds (default 30) instead of blocking the run for ever."""
+    text = os.environ.get("POSTER_STREAM_TIMEOUT", "30")
     try:
-        seconds = float(os.environ.get("POSTER_STREAM_TIMEOUT", "30"))
+        seconds = float(text)
     except ValueError:
-        raise PosterError(f"POSTER_STREAM_TIMEOUT={os.environ['POSTER_STREAM_TIMEOUT']!r} is not a number of seconds") from None
+        raise PosterError(f"POSTER_STREAM_TIMEOUT={text!r} is not a number of seconds") from None
+    if not seconds == seconds:  # nan
+        raise PosterError(f"POSTER_STREAM_TIMEOUT={text!r} is not a number of seconds")
     ms = int(min(max(seconds, 0.1), 3600) * 1000)
     return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
 
