@@ -363,3 +363,18 @@ def test_new_limits_are_checked_in_one_line(option, value, message, capsys):
 
     assert main(["serve", option, value]) == 1  # refused before any model is loaded or port bound
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+@pytest.mark.slow
+def test_flood_measurement_runs_bounded_on_loopback():
+    """A small ``python -m poster.serve.loadtest --flood`` (docs/reliability.md has the full one):
+    every answer is 200 or 503, and the RSS figures are measured."""
+    from poster.serve.loadtest import flood, worst_case_upload
+
+    image = worst_case_upload(megapixels=4, mebibytes=0.9)
+    assert 0.85 * 2**20 < len(image) < 0.9 * 2**20
+    report = flood(image, clients=8, floods=2, options=["--max-upload-mb", "1", "--max-inflight-mb", "2",
+                                                        "--workers", "1"], settle=1.0)
+    for burst in report["floods"]:
+        assert set(burst["answers"]) <= {"200", "503"} and "200" in burst["answers"], burst
+        assert burst["peak_rss_mib"] >= report["rss_mib_start"] > 0
