@@ -80,16 +80,18 @@ def download_release(release: Release, *, progress: bool = True) -> Path:
         raise WeightsUnavailable(f"{release.name}: downloading is forbidden offline ({_offline_switch()}); "
                                  f"download {_hand_download_hint(release)}")
     target = release_path(release)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target):
+    with _writable_cache(release), _exclusive_lock(target):
         if target.is_file():  # another process fetched it while this one waited for the lock
             check_recorded_hash(target, release)
             return target
         staging = target.with_name(target.name + ".incoming")
+        _clear_untrusted_leftovers(staging)
         try:
             log.info("fetching %s (the authors' %s) from %s into %s", release.name, release.file_name,
                      release.source.url, target)
             _fetch(release, staging, progress)
+            if staging.is_symlink():
+                raise CheckpointError(f"{release.name}: {staging} became a symbolic link while downloading; deleted")
             verify_file(staging, release)
             digest = sha256_of(staging)
             os.replace(staging, target)
@@ -154,7 +156,13 @@ def check_recorded_hash(path: Path, release: Release) -> str:
     recorded = recorded_hash(path)
     if recorded is None:
         if path.parent.resolve() == weights_dir().resolve():
-            record_hash(path, digest)
+            verify_file(path, release, fresh=False)  # placed by hand: an HTML page or other weights is named now
+            try:
+                record_hash(path, digest)
+            except OSError as e:  # a read-only shared cache: usable, checked as given on every use
+                log.warning("%s: cannot record the sha256 of %s (%s); it is used as given", release.name, path,
+                            e.strerror or e)
+                return digest
             log.info("%s: recorded sha256 %s of %s (placed by hand; trusted as given)", release.name, digest, path)
         return digest
     if recorded != digest:
@@ -290,6 +298,36 @@ def _network_reason(error: BaseException) -> str:
             return f"the TLS connection to {where} failed (a proxy or firewall?)"
     # gdown's "the partial file is preserved" is not so here: a failed fetch removes it (_remove_partials)
     return _one_line(re.sub(r";?\s*the partial file is preserved\.?", "", str(error)) or type(error).__name__, 160)
+
+
+@contextlib.contextmanager
+def _writable_cache(release: Release) -> Iterator[None]:
+    """The weights folder, created; a file there, or a folder this user cannot write, is one line."""
+    folder = weights_dir()
+    try:
+        if folder.exists() and not folder.is_dir():
+            problem = "it is a file, not a folder"
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            problem = None if os.access(folder, os.W_OK | os.X_OK) else "this user cannot write there"
+    except OSError as e:
+        problem = e.strerror or str(e)
+    if problem:
+        raise WeightsUnavailable(f"{release.name}: cannot download into {folder} (POSTER_WEIGHTS): {problem}; "
+                                 f"set POSTER_WEIGHTS to a writable folder, or download {_hand_download_hint(release)}")
+    yield
+
+
+def _clear_untrusted_leftovers(staging: Path) -> None:
+    """Before a fetch: a complete ``.incoming`` left behind (a run killed between download and check,
+    or a file planted under that name) would be taken by gdown as already downloaded, so it goes; a
+    symbolic link among gdown's partial files would have the download written through it, so it goes
+    (the link, never its target).  A real partial file stays, for gdown to resume."""
+    for leftover in [staging, *staging.parent.glob(f"{glob_escape(staging.name)}*.part")]:
+        if leftover == staging or leftover.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                log.info("removed %s left in the cache before fetching again", leftover)
 
 
 def _one_line(error: BaseException | str, limit: int = 300) -> str:

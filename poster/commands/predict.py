@@ -132,7 +132,8 @@ def _print_summary(summary, results_path: Path, annotated_dir: Path | None) -> N
     parts = [f"{summary.images} images ({summary.images_without_face} without a face)"]
     if summary.videos or summary.frames:
         parts.append(f"{summary.videos} videos ({summary.frames} frames"
-                     + (f", {summary.frames_failed} undecodable frames skipped" if summary.frames_failed else "") + ")")
+                     + (f", {summary.frames_failed} undecodable frames skipped" if summary.frames_failed else "")
+                     + (f", {summary.videos_cut_short} cut short" if summary.videos_cut_short else "") + ")")
     parts.append(f"{summary.faces} faces")
     parts.append(f"{len(summary.unreadable)} unreadable")
     parts.append(f"{len(summary.skipped)} skipped (not images)")
@@ -202,6 +203,19 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
     return rec
 
 
+def _say_what_becomes_of_killed_runs(requested: str, folder: Path) -> None:
+    """A second run after a killed one says whether it starts afresh beside it or in its place."""
+    from ..inference.batch import interrupted_runs
+
+    for partial, records in interrupted_runs(requested, folder):
+        what = (f"{printable(partial.parent)} holds an interrupted run ({printable(partial.name)}, "
+                f"{records} complete records)")
+        if partial.parent == folder:
+            print(f"note: {what}; --exist-ok: it is replaced, this run starts afresh there")
+        else:
+            print(f"note: {what}, kept as it is; this run starts afresh in {printable(folder)}")
+
+
 def run(args: argparse.Namespace) -> int:
     # torch, OpenCV and the inference stack load here, not when the parser is built (poster --help)
     from ..device import resolve_device
@@ -220,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     # the run folder is claimed and locked before the model loads: a busy or unusable folder is
     # the first and only thing said
     with open_run_folder(args.output_dir, args.exist_ok, args.format, shard) as run_folder:
+        if shard.rank == 0:
+            _say_what_becomes_of_killed_runs(args.output_dir, run_folder.folder)
         rec = _load_recognizer(args, checkpoint, runtime, shard.device)
         options = BatchOptions(fmt=args.format, top_k=args.top_k, annotate=args.annotate, every_n=args.every_n,
                                smoothing=args.smooth, max_frames=args.max_frames,

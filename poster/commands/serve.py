@@ -47,6 +47,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload in MiB (default 10)")
     p.add_argument("--max-pixels", type=float, default=40.0,
                    help="largest image in megapixels, checked from the header before decoding (default 40)")
+    p.add_argument("--max-inflight-mb", type=float, default=256.0,
+                   help="upload bytes held at once, all requests together (announced sizes count before the body "
+                        "is read); more are answered 503 with Retry-After (default 256 MiB)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections at once; a request beyond them is answered 503 (default 256)")
+    p.add_argument("--client-timeout", type=float, default=20.0,
+                   help="seconds a client may take to send a request head, and then its body; a connection "
+                        "silent that long is closed, a late body answered 408 (default 20)")
     p.add_argument("--api-key", default=None,
                    help=f"require this key in the X-API-Key header of every /v1 and /metrics request "
                         f"(better: set ${API_KEY_ENV}, which does not show in the process list)")
@@ -59,13 +67,15 @@ def add_parser(subparsers) -> None:
 def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise PosterError("--port must be between 0 and 65535")
-    for name in ("workers", "max_batch", "max_queue"):
+    for name in ("workers", "max_batch", "max_queue", "max_connections"):
         if getattr(args, name) < 1:
             raise PosterError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_wait_ms < 0:
         raise PosterError("--max-wait-ms must be >= 0")
-    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
-        raise PosterError("--max-upload-mb and --max-pixels must be positive")
+    if not (args.max_upload_mb > 0 and args.max_pixels > 0 and args.max_inflight_mb > 0):
+        raise PosterError("--max-upload-mb, --max-pixels and --max-inflight-mb must be positive")
+    if not 0 < args.client_timeout <= 3600:
+        raise PosterError("--client-timeout must be between 0 and 3600 seconds")
 
 
 def is_loopback(host: str) -> bool:
@@ -121,10 +131,13 @@ def run(args: argparse.Namespace) -> int:
     engine = InferenceEngine(recognizer, model_display_name(args.checkpoint), max_pixels=int(args.max_pixels * 1e6))
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          workers=args.workers, max_upload_mb=args.max_upload_mb,
-                         max_pixels=int(args.max_pixels * 1e6), api_key=api_key, cors_origins=args.cors_origin)
+                         max_pixels=int(args.max_pixels * 1e6), api_key=api_key, cors_origins=args.cors_origin,
+                         max_inflight_mb=args.max_inflight_mb, client_timeout=args.client_timeout)
+    from ..serve.guards import client_timeout_protocol
     log.info("model %s (%s, classes %s) on %s, %s; max batch %d; API key %s", engine.model_name,
              recognizer.meta.arch, ", ".join(engine.class_names), recognizer.device, recognizer.engine, args.max_batch,
              "required" if api_key else "off")
     uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level=args.log_level,
-                server_header=False, timeout_graceful_shutdown=5)
+                server_header=False, timeout_graceful_shutdown=5, limit_concurrency=args.max_connections,
+                http=client_timeout_protocol(args.client_timeout))
     return 0

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -31,7 +33,7 @@ import cv2
 
 from ..errors import PosterError
 from ..fileio import atomic_write_bytes, claim_run_folder, safe_mkdirs, safe_subfolder
-from ..runlock import RunLock
+from ..runlock import LOCK_NAME, RunLock, pid_alive
 from ..textsafe import printable
 from .drawing import annotate
 from .options import BatchOptions  # where the command line reads it without torch
@@ -39,12 +41,12 @@ from .inputs import RUN_MARKER, BatchInput, expand_inputs, why_nothing_in
 from .results import ImageResult
 from .timeline_files import TimelineFiles, timeline_stem
 from .video import VideoSink
-from .writer import ResultsWriter
+from .writer import ResultsWriter, complete_records
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder", "check_inputs", "open_run_folder",
-           "run_batch"]
+__all__ = ["BatchListener", "BatchOptions", "BatchSummary", "Shard", "RunFolder", "check_inputs", "interrupted_runs",
+           "open_run_folder", "run_batch"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # annotated copies keep these, others become .png
 
@@ -56,6 +58,7 @@ class BatchSummary:
     videos: int = 0
     frames: int = 0
     frames_failed: int = 0
+    videos_cut_short: int = 0  # files that ended well before the frame count of their header
     faces: int = 0
     unreadable: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -241,6 +244,31 @@ def open_run_folder(requested: str | os.PathLike, exist_ok: bool = False, fmt: s
     return RunFolder(folder, shard, _lock_and_clear(folder, results_name), fresh)
 
 
+def interrupted_runs(requested: str | os.PathLike, claimed: Path) -> list[tuple[Path, int]]:
+    """``(partial results file, complete records)`` of each killed run in ``requested``, ``requested2``,
+    ... up to ``claimed`` (the folder this run got): what the CLI names so that a second run says
+    whether it starts afresh beside the killed one or (``--exist-ok``) in its place.  A folder whose
+    lock names a live process is a run in progress, not a killed one."""
+    requested, found = Path(requested), []
+    candidates = [requested] + [requested.with_name(f"{requested.name}{n}") for n in range(2, 10_000)]
+    for folder in candidates:
+        if folder.is_dir() and not folder.is_symlink() and (folder == claimed or not _run_in_progress(folder)):
+            found += [(partial, complete_records(partial)) for partial in sorted(folder.glob("results*.partial"))
+                      if partial.is_file() and not partial.is_symlink()]
+        if folder == claimed or not os.path.lexists(folder):
+            break
+    return found
+
+
+def _run_in_progress(folder: Path) -> bool:
+    lock = folder / LOCK_NAME
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8")) if lock.is_file() and not lock.is_symlink() else {}
+        return owner.get("host") == socket.gethostname() and pid_alive(int(owner["pid"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 # ---------------------------------------------------------------------------------------------
 # The job
 
@@ -375,6 +403,11 @@ class _Job:
         self.summary.videos += 1
         written = sink.close() if sink is not None else None
         failed = f", {video.frames_failed} undecodable frames skipped" if video.frames_failed else ""
+        reader = video.reader
+        if reader.cut_short:
+            failed += (f", ends at frame {reader.frames_seen} of the {reader.frame_count} its header announces "
+                       "(cut short?)")
+            self.summary.videos_cut_short += 1
         self.listener.note(f"{printable(video.source)}: {frames} frames, {faces} faces{failed}"
                            + (f" -> {printable(written)}" if written else ""))
 

@@ -66,6 +66,20 @@ def source_name(source: int | str | os.PathLike) -> str:
     return f"webcam:{target}" if kind == "webcam" else str(target)
 
 
+def _stream_timeouts() -> list[int]:
+    """OpenCV's open and read timeouts for a network stream: one that stalls ends (as a stream ends)
+    after ``POSTER_STREAM_TIMEOUT`` seconds (default 30) instead of blocking the run for ever."""
+    text = os.environ.get("POSTER_STREAM_TIMEOUT", "30")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise PosterError(f"POSTER_STREAM_TIMEOUT={text!r} is not a number of seconds") from None
+    if not seconds == seconds:  # nan
+        raise PosterError(f"POSTER_STREAM_TIMEOUT={text!r} is not a number of seconds")
+    ms = int(min(max(seconds, 0.1), 3600) * 1000)
+    return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+
+
 class FrameReader:
     """Frames of a video file, webcam or stream (``cv2.VideoCapture``), opened on construction.
 
@@ -85,7 +99,8 @@ class FrameReader:
             raise PosterError(f"video file not found: {target}")
         self.every_n = int(every_n)
         self.max_failures = int(max_failures)
-        self._cap = cv2.VideoCapture(target)
+        self._cap = cv2.VideoCapture(target, cv2.CAP_ANY, _stream_timeouts()) if self.kind == "stream" \
+            else cv2.VideoCapture(target)
         if not self._cap.isOpened():
             self._cap.release()
             what = {"webcam": "webcam", "stream": "stream", "file": "video file"}[self.kind]
@@ -99,6 +114,8 @@ class FrameReader:
         self.frames_read = 0
         self.frames_failed = 0
         self.position_s: float | None = None
+        self.frames_seen = 0  # the source's frames up to the last one grabbed or decoded
+        self.reached_end = False  # the source ran out (rather than being closed early)
         self._lock = threading.Lock()  # close() from another thread waits for the current read
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -119,11 +136,14 @@ class FrameReader:
                             self.position_s = float(self._cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
                 if not ok:
                     if self.frame_count and index >= self.frame_count:
+                        self.reached_end = True
                         break  # past the announced end of the file
                     pending_failures += 1
                     if pending_failures >= self.max_failures:
+                        self.reached_end = True
                         break  # the end of the stream, not failed frames
                     continue
+                self.frames_seen = index + 1
                 self.frames_failed += pending_failures
                 pending_failures = 0
                 if frame is None:  # grabbed, skipped by every_n
@@ -138,6 +158,14 @@ class FrameReader:
                 yield index, frame
         finally:
             self.close()
+
+    @property
+    def cut_short(self) -> bool:
+        """A file that ran out well before the frame count its header announces (cut mid-way, say);
+        containers that only estimate the count (from the duration) are a frame or two off."""
+        missing = self.frame_count - self.frames_seen
+        return self.kind == "file" and self.reached_end and self.frame_count > 0 and \
+            missing > max(2, self.frame_count // 100)
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from ..face.detect import LANDMARK_NAMES
 from ..fileio import create_new_file
 from ..textsafe import csv_cell
 
-__all__ = ["ResultsWriter", "csv_header", "face_record"]
+__all__ = ["ResultsWriter", "complete_records", "csv_header", "face_record"]
 
 
 def csv_header(class_names: tuple[str, ...]) -> list[str]:
@@ -80,3 +80,19 @@ class ResultsWriter:
         self._f.close()
         os.replace(self.tmp, self.path)
         return self.path
+
+
+def complete_records(path: Path) -> int:
+    """Records in a results file (or the ``.partial`` of a run that was killed) that are whole: each
+    record is one flushed line, so only a last line the kill cut short can be incomplete."""
+    text = path.read_bytes().decode("utf-8", "replace")
+    text = text[:text.rfind("\n") + 1]  # up to the last complete line
+    if path.name.removesuffix(".partial").endswith(".csv"):
+        return max(0, sum(1 for _ in csv.reader(text.splitlines(keepends=True))) - 1)  # less the header
+    count = 0
+    for line in text.splitlines():
+        try:
+            count += isinstance(json.loads(line), dict)
+        except ValueError:
+            pass
+    return count

@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 
 from .batcher import MicroBatcher
 from .engine import DETECTORS, InferenceEngine, InputRejected, PredictOptions
+from .guards import ByteBudget, return_free_memory
 from .metrics import ServerMetrics
 
 log = logging.getLogger("poster.serve")
@@ -51,6 +52,8 @@ class ServeConfig:
     max_upload_mb: float = 10.0     # per image
     max_files: int = 16             # per /v1/predict/batch request
     max_pixels: int = 40_000_000    # declared image size refused above this
+    max_inflight_mb: float = 256.0  # request bodies held at once, all requests together; more: 503 + Retry-After
+    client_timeout: float = 20.0    # seconds a client may take to send a request head, and again its body
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
 
@@ -60,35 +63,67 @@ def upload_too_large(limit_mb: float) -> HTTPException:
     return HTTPException(413, f"upload too large: the limit is {limit_mb:g} MiB per image")
 
 
-class BodyLimit:
-    """Pure ASGI middleware: refuse bodies over the route's byte limit (declared or streamed)."""
+def busy_with_bytes() -> HTTPException:
+    return HTTPException(503, "the server is busy (too many upload bytes in flight); retry shortly",
+                         headers={"Retry-After": "1", "Connection": "close"})
 
-    def __init__(self, app, limit_of, limit_mb: float) -> None:
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over the route's byte limit (declared or streamed), charge
+    every body to the server-wide ``budget`` of bytes in flight (the announced length before a byte is
+    read), and answer 408 to a body that has not arrived ``timeout`` seconds after its head."""
+
+    def __init__(self, app, limit_of, limit_mb: float, budget: ByteBudget, timeout: float) -> None:
         self.app = app
         self.limit_of = limit_of
         self.limit_mb = limit_mb  # for the message
+        self.budget = budget
+        self.timeout = timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.limit_of(scope["path"])
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = JSONResponse({"error": upload_too_large(self.limit_mb).detail, "status": 413}, status_code=413,
-                                    headers={"Connection": "close"})
-            return await response(scope, receive, send)
-        received = 0
+        declared = int(declared) if declared is not None and declared.isdigit() else 0
+        if declared > limit:
+            return await _refuse(upload_too_large(self.limit_mb), scope, receive, send, close=True)
+        if not self.budget.take(declared):
+            return await _refuse(busy_with_bytes(), scope, receive, send)
+        charged, received, complete = declared, 0, False
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def counting_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal charged, received, complete
+            if complete:  # the body is in: what follows (a disconnect) may take any time
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {self.timeout:g} s",
+                                    headers={"Connection": "close"}) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise upload_too_large(self.limit_mb)
+                if received > charged:  # a streamed (or under-announced) body is charged as it comes
+                    if not self.budget.take(received - charged):
+                        raise busy_with_bytes()
+                    charged = received
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.budget.give(charged)
+
+
+async def _refuse(error: HTTPException, scope, receive, send, close: bool = False) -> None:
+    """Answer ``error`` before the app sees the request (its body unread, so the connection closes)."""
+    headers = {**(error.headers or {}), **({"Connection": "close"} if close else {})}
+    await JSONResponse({"error": error.detail, "status": error.status_code}, status_code=error.status_code,
+                       headers=headers)(scope, receive, send)
 
 
 class RequestMetrics:
@@ -128,6 +163,8 @@ class Server:
         self.admitted = 0     # images admitted and not yet answered
         self.at_model = 0     # of those, images whose faces wait for (or are in) a model batch
         self.ready = False
+        self.inflight = ByteBudget(int(config.max_inflight_mb * 2**20))
+        self._trim_due = False
         self.prep_pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="poster-prep")
         self.batcher = MicroBatcher(engine.probabilities, max_batch=config.max_batch,
                                     max_wait=config.max_wait_ms / 1000.0, busy=self.faces_on_the_way,
@@ -161,6 +198,16 @@ class Server:
     def release(self, images: int) -> None:
         self.admitted -= images
         self.metrics.queue_depth = self.admitted
+        if self.admitted == 0 and not self._trim_due:
+            self._trim_due = True
+            asyncio.get_running_loop().call_later(1.0, self._trim_when_idle)
+
+    def _trim_when_idle(self) -> None:
+        """A burst leaves its uploads' and decoded images' pages in glibc's heap (measured: the RSS of
+        a flood stayed); once nothing is in progress they go back to the system."""
+        self._trim_due = False
+        if self.admitted == 0 and self.inflight.used == 0:
+            return_free_memory()
 
     async def recognise(self, data: bytes, options: PredictOptions) -> dict[str, Any]:
         started = time.perf_counter()
@@ -278,7 +325,8 @@ def _add_middleware(app: FastAPI, server: Server) -> None:
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=[API_KEY_HEADER, "Content-Type"])
-    app.add_middleware(BodyLimit, limit_of=body_limit, limit_mb=config.max_upload_mb)
+    app.add_middleware(BodyLimit, limit_of=body_limit, limit_mb=config.max_upload_mb, budget=server.inflight,
+                       timeout=config.client_timeout)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
 
 
@@ -286,6 +334,7 @@ def _add_prediction_routes(app: FastAPI, server: Server, protected: list) -> Non
     """``/v1/predict`` (one image) and ``/v1/predict/batch`` (several)."""
     config = server.config
     per_image = _upload_limit(config)
+    max_files = min(config.max_files, config.max_queue)  # a batch the queue can never take is refused as too many
 
     @app.post("/v1/predict", dependencies=protected, openapi_extra=_upload_schema("file", many=False),
               summary="Recognise the expressions of the faces in one image")
@@ -300,6 +349,8 @@ def _add_prediction_routes(app: FastAPI, server: Server, protected: list) -> Non
         server.admit(1)
         try:
             (data,) = await _read_images(request, "file", max_files=1)
+            if len(data) > per_image:  # the body limit leaves room for multipart framing; the image has none
+                raise upload_too_large(config.max_upload_mb)
             # the record is plain JSON types already: sent as is, without FastAPI's encoder walking it
             return JSONResponse(await server.recognise(data, options))
         finally:
@@ -312,7 +363,7 @@ def _add_prediction_routes(app: FastAPI, server: Server, protected: list) -> Non
         """``{"results": [...]}``: one record per file in order, or ``{"error", "status"}`` for a file that
         could not be used (the others are still answered)."""
         options = _options(top_k, min_face, detector, score_threshold)
-        images = await _read_images(request, "files", max_files=config.max_files)
+        images = await _read_images(request, "files", max_files=max_files)
         too_big = [i for i, data in enumerate(images) if len(data) > per_image]
         server.admit(len(images))
         try:
@@ -347,7 +398,10 @@ def _add_status_routes(app: FastAPI, server: Server, protected: list) -> None:
             return _error(503, "the model is still loading", {"Retry-After": "1"})
         if server.admitted >= config.max_queue:
             return _error(503, "the queue is full", {"Retry-After": "1"})
-        return {"status": "ready", "queue_depth": server.admitted, "queue_capacity": config.max_queue}
+        if server.inflight.used >= server.inflight.limit:
+            return _error(503, "too many upload bytes in flight", {"Retry-After": "1"})
+        return {"status": "ready", "queue_depth": server.admitted, "queue_capacity": config.max_queue,
+                "bytes_in_flight": server.inflight.used}
 
     @app.get("/metrics", dependencies=protected, response_class=PlainTextResponse,
              summary="Prometheus metrics (text format)")

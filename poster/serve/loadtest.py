@@ -13,6 +13,7 @@ batch sizes it used, and the throughput ratio concurrent / serial.  ``--json FIL
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -197,6 +198,50 @@ def run(image_path: Path, clients: int, seconds: float, serial_seconds: float, o
             "batch_size_histogram": sizes, "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
 
 
+def worst_case_upload(megapixels: float = 39.2, mebibytes: float = 10.0) -> bytes:
+    """A JPEG of ``megapixels`` (a smooth gradient, so it is small) padded after its end marker to
+    ``mebibytes`` minus framing: an upload as large, and a picture as large, as the defaults admit."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    width = int((megapixels * 1e6 * 5 / 4) ** 0.5)
+    height = int(megapixels * 1e6 / width)
+    row = np.linspace(0, 255, width, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.repeat(np.tile(row, (height, 1))[:, :, None], 3, axis=2)).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    return data + b"\0" * max(0, int(mebibytes * 2**20) - 1024 - len(data))
+
+
+def flood(image: bytes, clients: int, floods: int, options: list[str], settle: float = 4.0) -> dict:
+    """``floods`` bursts of ``clients`` threads posting ``image`` once each, all at once, to a server on
+    a loopback port: the answers' status codes, and the server's peak RSS and its RSS ``settle``
+    seconds after each burst (what a flood leaves behind)."""
+    rounds = []
+    with server_process(*options) as (base, proc):
+        start = memory_kib(proc.pid)["VmRSS"]
+
+        def one(_: int) -> str:
+            try:
+                return str(httpx.post(f"{base}/v1/predict", content=image, headers={"Content-Type": "image/jpeg"},
+                                      timeout=180).status_code)
+            except httpx.HTTPError as exc:
+                return type(exc).__name__
+
+        for _ in range(floods):
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                answers = list(pool.map(one, range(clients)))
+            peak = memory_kib(proc.pid)["VmHWM"]
+            time.sleep(settle)
+            after = memory_kib(proc.pid)["VmRSS"]
+            rounds.append({"answers": {c: answers.count(c) for c in sorted(set(answers))},
+                           "peak_rss_mib": round(peak / 1024), "rss_mib_after": round(after / 1024)})
+    return {"upload_mib": round(len(image) / 2**20, 2), "clients": clients, "server_options": options,
+            "rss_mib_start": round(start / 1024), "floods": rounds}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", type=Path, default=ROOT / "examples" / "astronaut.jpg")
@@ -206,8 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="serial and concurrent phases alternate this many times")
     p.add_argument("--detector", default="yunet", choices=("yunet", "none"))
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--flood", type=int, default=0, metavar="CLIENTS",
+                   help="instead: 3 floods of CLIENTS uploads at once of a 39 MP JPEG padded to 10 MiB (the "
+                        "defaults' worst case); prints the answers and the server's peak and settled RSS")
     p.add_argument("server_options", nargs="*", help="options for poster serve (after --)")
     args = p.parse_args(argv)
+    if args.flood:
+        print(json.dumps(flood(worst_case_upload(), args.flood, 3, args.server_options), indent=2))
+        return 0
     query = "" if args.detector == "yunet" else f"?detector={args.detector}"
     report = run(args.image, args.clients, args.seconds, args.serial_seconds, args.server_options, query,
                  rounds=args.rounds)
