@@ -81,3 +81,19 @@ def test_predict_flag_defaults_are_the_librarys():
         assert flags[name] == recognizer[name].default, name
     assert flags["score_threshold"] == inspect.signature(YuNetDetector.__init__).parameters["score_threshold"].default
     assert flags["precision"] == "auto" and flags["runtime"] == "auto"
+
+
+def test_serve_flag_defaults_are_serveconfigs():
+    import dataclasses
+
+    from poster.serve.config import ServeConfig
+
+    flags = _defaults_by_dest(_subparsers()["serve"])
+    config = ServeConfig()
+    by_flag = {"cors_origins": "cors_origin"}
+    for field in dataclasses.fields(ServeConfig):
+        if field.name == "max_files":
+            continue  # a limit of the batch route with no flag of its own
+        value = getattr(config, field.name)
+        flag = flags[by_flag.get(field.name, field.name)]
+        assert (flag * 1e6 if field.name == "max_pixels" else flag) == value, field.name

@@ -13,10 +13,15 @@ import sys
 
 from ..precision import REQUESTS
 from ..errors import PosterError
+from ..serve.config import ServeConfig
 
 log = logging.getLogger("poster")
 
 API_KEY_ENV = "POSTER_API_KEY"
+
+
+# Every default lives on ServeConfig; the parser reads it from there (tests/test_cli_options.py).
+DEFAULTS = ServeConfig()
 
 
 def add_parser(subparsers) -> None:
@@ -27,8 +32,8 @@ def add_parser(subparsers) -> None:
                     "for the page, /docs for the API.")
     p.add_argument("-c", "--checkpoint", default=None,
                    help="weights file, release name, ONNX or TorchScript file (default: the bundled model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--host", default=DEFAULTS.host, help=f"address to listen on (default {DEFAULTS.host}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULTS.port, help=f"port (default {DEFAULTS.port}; 0: any free port)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx", "torchscript"),
                    help="what runs the model (auto: by the file)")
@@ -37,30 +42,33 @@ def add_parser(subparsers) -> None:
                         "fp32 (within 1e-4 of the exact function); auto (default): bf16 where it is native, else fp32")
     p.add_argument("--eager", action="store_true",
                    help="PyTorch runtime: run the model exactly as written in fp32 (no BN folding, no channels-last)")
-    p.add_argument("--workers", type=int, default=2, help="threads decoding and detecting faces (default 2)")
-    p.add_argument("--max-batch", type=int, default=16, help="faces per model call, gathered across requests "
-                   "(default 16; 1 disables micro-batching)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0,
-                   help="how long a batch may wait for faces still being detected (default 10 ms)")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="images in progress at once; more are answered 503 with Retry-After (default 64)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload in MiB (default 10)")
-    p.add_argument("--max-pixels", type=float, default=40.0,
-                   help="largest image in megapixels, checked from the header before decoding (default 40)")
-    p.add_argument("--max-inflight-mb", type=float, default=256.0,
+    p.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                   help=f"threads decoding and detecting faces (default {DEFAULTS.workers})")
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch, help="faces per model call, gathered across "
+                   f"requests (default {DEFAULTS.max_batch}; 1 disables micro-batching)")
+    p.add_argument("--max-wait-ms", type=float, default=DEFAULTS.max_wait_ms,
+                   help=f"how long a batch may wait for faces still being detected (default {DEFAULTS.max_wait_ms:g} ms)")
+    p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
+                   help=f"images in progress at once; more are answered 503 with Retry-After (default {DEFAULTS.max_queue})")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULTS.max_upload_mb,
+                   help=f"largest image upload in MiB (default {DEFAULTS.max_upload_mb:g})")
+    p.add_argument("--max-pixels", type=float, default=DEFAULTS.max_pixels / 1e6,
+                   help=f"largest image in megapixels, checked from the header before decoding (default "
+                        f"{DEFAULTS.max_pixels / 1e6:g})")
+    p.add_argument("--max-inflight-mb", type=float, default=DEFAULTS.max_inflight_mb,
                    help="upload bytes held at once, all requests together (announced sizes count before the body "
-                        "is read); more are answered 503 with Retry-After (default 256 MiB)")
-    p.add_argument("--max-connections", type=int, default=256,
-                   help="open connections at once; a request beyond them is answered 503 (default 256)")
-    p.add_argument("--client-timeout", type=float, default=20.0,
+                        f"is read); more are answered 503 with Retry-After (default {DEFAULTS.max_inflight_mb:g} MiB)")
+    p.add_argument("--max-connections", type=int, default=DEFAULTS.max_connections,
+                   help=f"open connections at once; a request beyond them is answered 503 (default {DEFAULTS.max_connections})")
+    p.add_argument("--client-timeout", type=float, default=DEFAULTS.client_timeout,
                    help="seconds a client may take to send a request head, and then its body; a connection "
-                        "silent that long is closed, a late body answered 408 (default 20)")
-    p.add_argument("--api-key", default=None,
+                        f"silent that long is closed, a late body answered 408 (default {DEFAULTS.client_timeout:g})")
+    p.add_argument("--api-key", default=DEFAULTS.api_key,
                    help=f"require this key in the X-API-Key header of every /v1 and /metrics request "
                         f"(better: set ${API_KEY_ENV}, which does not show in the process list)")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+    p.add_argument("--cors-origin", action="append", default=DEFAULTS.cors_origins, metavar="ORIGIN",
                    help="allow browser pages from this origin to call the API (repeatable; default: none)")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default=DEFAULTS.log_level, choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(run=run)
 
 
@@ -110,11 +118,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..serve.app import ServeConfig, create_app
+        from ..serve.app import create_app
     except ImportError as exc:
         raise PosterError(f"poster serve needs FastAPI and uvicorn ({exc.name} is missing): "
                           "pip install 'poster-fer[serve]'") from exc
     from ..serve.engine import InferenceEngine, load_recognizer, model_display_name
+    from ..serve.guards import client_timeout_protocol
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host):
@@ -132,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          workers=args.workers, max_upload_mb=args.max_upload_mb,
                          max_pixels=int(args.max_pixels * 1e6), api_key=api_key, cors_origins=args.cors_origin,
-                         max_inflight_mb=args.max_inflight_mb, client_timeout=args.client_timeout)
-    from ..serve.guards import client_timeout_protocol
+                         max_inflight_mb=args.max_inflight_mb, client_timeout=args.client_timeout, host=args.host,
+                         port=args.port, max_connections=args.max_connections, log_level=args.log_level)
     log.info("model %s (%s, classes %s) on %s, %s; max batch %d; API key %s", engine.model_name,
              recognizer.meta.arch, ", ".join(engine.class_names), recognizer.device, recognizer.engine, args.max_batch,
              "required" if api_key else "off")

@@ -3,18 +3,21 @@
 ``create_app(engine, config)`` (``poster.serve.app``) builds the FastAPI application;
 ``InferenceEngine`` (``poster.serve.engine``) turns image bytes into ``poster predict``'s records;
 ``MicroBatcher`` (``poster.serve.batcher``) gathers the faces of concurrent requests into one model
-batch.  FastAPI is imported only when the app is built, so ``import poster`` stays light.
+batch; ``ServeConfig`` (``poster.serve.config``) holds the settings.  The names load on first use,
+so ``import poster`` stays light and the command line reads ``ServeConfig`` without torch or FastAPI.
 """
 
-from .engine import InferenceEngine, InputRejected, PredictOptions, load_recognizer, model_display_name
+import importlib as _importlib
 
-__all__ = ["InferenceEngine", "InputRejected", "PredictOptions", "load_recognizer", "model_display_name",
-           "create_app", "ServeConfig"]
+_EXPORTS = {**dict.fromkeys(("InferenceEngine", "InputRejected", "PredictOptions", "load_recognizer",
+                             "model_display_name"), ".engine"),
+            "create_app": ".app", "ServeConfig": ".config"}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in ("create_app", "ServeConfig"):
-        from . import app
-
-        return getattr(app, name)
-    raise AttributeError(name)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poster.serve' has no attribute {name!r}")
+    return getattr(_importlib.import_module(module, __name__), name)

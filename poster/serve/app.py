@@ -13,7 +13,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from .batcher import MicroBatcher
+from .config import ServeConfig
 from .engine import DETECTORS, InferenceEngine, InputRejected, PredictOptions
 from .guards import ByteBudget, return_free_memory
 from .metrics import ServerMetrics
@@ -39,23 +39,6 @@ KNOWN_ROUTES = ("/", "/v1/predict", "/v1/predict/batch", "/v1/model", "/healthz"
 # The page may only talk to this server and load its own files: no CDN, nothing leaves the machine.
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
                "media-src 'self' blob: mediastream:; connect-src 'self'; frame-ancestors 'none'")
-
-
-@dataclass
-class ServeConfig:
-    """Server settings (``poster serve`` options)."""
-
-    max_batch: int = 16             # faces per model call
-    max_wait_ms: float = 10.0       # how long a batch may wait for faces still being detected
-    max_queue: int = 64             # images admitted at once; more are answered 503 + Retry-After
-    workers: int = 2                # threads decoding and detecting
-    max_upload_mb: float = 10.0     # per image
-    max_files: int = 16             # per /v1/predict/batch request
-    max_pixels: int = 40_000_000    # declared image size refused above this
-    max_inflight_mb: float = 256.0  # request bodies held at once, all requests together; more: 503 + Retry-After
-    client_timeout: float = 20.0    # seconds a client may take to send a request head, and again its body
-    api_key: str | None = None
-    cors_origins: list[str] = field(default_factory=list)
 
 
 def upload_too_large(limit_mb: float) -> HTTPException:
