@@ -14,6 +14,8 @@ load neither OpenCV nor the face stack; ``poster.Recognizer`` does.
 import importlib as _importlib
 import os as _os
 
+from .lazy import lazy_exports
+
 # CPU runs: idle OpenMP threads sleep instead of spinning.  PyTorch's spinning threads stall badly
 # on a busy machine (a batch-1 call once took 1.4 s where ONNX Runtime took 59 ms).  It must be
 # set before torch loads its OpenMP runtime, i.e. before the first torch import; a user's own
@@ -42,16 +44,10 @@ _SUBPACKAGES = {"checkpoint", "data", "evaluation", "face", "inference", "models
                 "errors", "meta", "fileio"}
 
 
+_named, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
 def __getattr__(name: str):
     if name in _SUBPACKAGES:
         return _importlib.import_module(f".{name}", __name__)
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'poster' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return _named(name)

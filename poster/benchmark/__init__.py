@@ -3,16 +3,11 @@
 
 The names load on first use, so the command line can read ``BenchmarkOptions`` without torch."""
 
-import importlib as _importlib
+from ..lazy import lazy_exports
 
 _EXPORTS = {"BenchmarkOptions": ".options", "MODELS": ".options", "run_benchmark": ".runner",
             "format_report": ".runner", "recipe_for": ".runner"}
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'poster.benchmark' has no attribute {name!r}")
-    return getattr(_importlib.import_module(module, __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

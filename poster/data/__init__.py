@@ -3,7 +3,7 @@
 The names load on first use (PEP 562), so ``poster.data.layouts`` (the dataset names the command line
 offers) and ``poster.data.labels`` load neither torch nor OpenCV; the readers and transforms do."""
 
-import importlib as _importlib
+from ..lazy import lazy_exports
 
 # public name -> the module of this package that defines it
 _EXPORTS = {
@@ -19,15 +19,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'poster.data' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

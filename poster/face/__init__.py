@@ -8,7 +8,7 @@ The names load on first use (PEP 562): ``DETECTOR_NAMES`` (what the command line
 OpenCV; everything else does.
 """
 
-import importlib as _importlib
+from ..lazy import lazy_exports
 
 # The detectors built in (poster.face.detect registers exactly these; tests/test_face.py checks it).
 DETECTOR_NAMES = ("none", "yunet")
@@ -22,15 +22,4 @@ _EXPORTS = {
 
 __all__ = ["DETECTOR_NAMES", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'poster.face' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

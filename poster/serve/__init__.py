@@ -7,7 +7,7 @@ batch; ``ServeConfig`` (``poster.serve.config``) holds the settings.  The names 
 so ``import poster`` stays light and the command line reads ``ServeConfig`` without torch or FastAPI.
 """
 
-import importlib as _importlib
+from ..lazy import lazy_exports
 
 _EXPORTS = {**dict.fromkeys(("InferenceEngine", "InputRejected", "PredictOptions", "load_recognizer",
                              "model_display_name"), ".engine"),
@@ -15,9 +15,4 @@ _EXPORTS = {**dict.fromkeys(("InferenceEngine", "InputRejected", "PredictOptions
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'poster.serve' has no attribute {name!r}")
-    return getattr(_importlib.import_module(module, __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
