@@ -28,7 +28,8 @@ taken. Before anything is unpickled:
 2. **Sizes.** Archive records must be stored uncompressed (``torch.save`` never compresses; a DEFLATE
    record can inflate a few MB into gigabytes), and the storages the pickle declares must fit in the
    bytes of the file (a dry run of the pickle with inert stand-ins lists them; nothing is allocated for
-   them).
+   them). The scans themselves cost only what the file holds: no read past its end, whatever length
+   the pickle names, and the dry run's memo is a dict, not a table sized by the indices in the file.
 
 The load itself is ``torch.load(..., weights_only=True)`` with only the placeholder and numpy entries
 the file needs temporarily allow-listed, so torch's restricted unpickler enforces everything again at
