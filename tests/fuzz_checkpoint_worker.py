@@ -1,8 +1,16 @@
 """Mutation fuzzing of the checkpoint reader, run as a child process by tests/test_fuzz.py.
 
-argv: seed, seconds, max_iterations, out.json. Address space is capped at 3 GiB first, so an
-allocation the file did not pay for fails here instead of taking the machine. Every outcome must
-be a loaded object or a CheckpointError; anything else is recorded with the input that caused it.
+argv: seed, seconds, max_iterations, out.json. Every outcome must be a loaded object or a
+CheckpointError that did not come from a failed allocation; anything else is recorded with the
+input that caused it.
+
+The memory bound: once torch is imported and the seed files are made, the address space is capped
+at what the process then holds plus LOADER_HEADROOM, so whatever a mutant makes the loader allocate
+beyond that fails here instead of taking the machine. The cap is set after the import because
+torch's own size at import differs by build (a CUDA build cannot even import under a fixed 3 GiB cap);
+the headroom is what is bounded, the same under every torch. The loader turns every exception into a
+CheckpointError, so a refusal that began as a failed allocation is counted as a failure, not a
+refusal: the file asked for memory it did not pay for.
 """
 
 from __future__ import annotations
@@ -15,13 +23,49 @@ import sys
 import time
 import zipfile
 
-resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from poster.checkpoint.formats import read_weight_file
+from poster.errors import CheckpointError
 
-from poster.checkpoint.formats import read_weight_file  # noqa: E402
-from poster.errors import CheckpointError  # noqa: E402
+# The mutants are a few kilobytes; loading one legitimately costs a few megabytes at most.
+LOADER_HEADROOM = 512 << 20
+
+
+def _address_space() -> int:
+    """Bytes of address space this process holds now (what RLIMIT_AS counts)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+
+def cap_address_space(headroom: int = LOADER_HEADROOM) -> None:
+    limit = _address_space() + headroom
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _from_failed_allocation(e: BaseException) -> bool:
+    """Whether ``e`` or an exception it was raised from (``from None`` keeps ``__context__``) is an
+    allocation the cap refused: Python's MemoryError or torch's allocator error."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, MemoryError) or "can't allocate memory" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def outcome(path: str) -> str:
+    """'loaded', 'refused', or the failure (an unexpected exception or an allocation beyond the cap)."""
+    try:
+        read_weight_file(path)
+        return "loaded"
+    except CheckpointError as e:
+        if _from_failed_allocation(e):
+            return f"allocation beyond the cap: {str(e)[:300]}"
+        return "refused"
+    except BaseException as e:  # noqa: BLE001 - recording is the point
+        return f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def _seeds() -> list[bytes]:
@@ -72,10 +116,19 @@ def _mutate_pickle_only(data: bytes, rng: random.Random) -> bytes:
     return out.getvalue()
 
 
+def _write(path: str, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
 def main() -> None:
     seed, seconds, limit, report = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     rng = random.Random(seed)
     seeds = _seeds()
+    for data in seeds:  # the loader's first-use costs (imports, caches) are paid before the cap
+        read_weight_file(_write(report + ".seed.pth", data))
+    cap_address_space()
     path = report + ".input.pth"
     counts = {"loaded": 0, "refused": 0}
     failures = []
@@ -84,15 +137,11 @@ def main() -> None:
     while n < limit and time.monotonic() < deadline:
         base = rng.choice(seeds)
         data = _mutate_pickle_only(base, rng) if base[:2] == b"PK" and rng.random() < 0.6 else _mutate_bytes(base, rng)
-        with open(path, "wb") as f:
-            f.write(data)
-        try:
-            read_weight_file(path)
-            counts["loaded"] += 1
-        except CheckpointError:
-            counts["refused"] += 1
-        except BaseException as e:  # noqa: BLE001 - recording is the point
-            failures.append({"error": f"{type(e).__name__}: {str(e)[:300]}", "input": data.hex()})
+        result = outcome(_write(path, data))
+        if result in counts:
+            counts[result] += 1
+        else:
+            failures.append({"error": result, "input": data.hex()})
             if len(failures) >= 5:
                 break
         n += 1

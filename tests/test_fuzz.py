@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+import subprocess
+import sys
 import time
 
 import cv2
@@ -302,22 +304,72 @@ def test_decode_image_bytes_arbitrary_bytes(data):
 
 # ------------------------------------------------------------------------------ checkpoint reader, mutated files
 
+_WORKER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (Path(__file__).resolve().parents[1],
+                                                                              Path(__file__).parent))}
+
 
 def test_mutated_checkpoints_are_loaded_or_refused_never_crash(tmp_path):
     """A bounded mutation loop over real zip and legacy checkpoint files (byte flips, insertions,
     deletions, huge numbers; half of them inside a still-valid zip so the unpickler is reached), in a
-    child process with a 3 GiB address-space cap: every input loads or is a CheckpointError; no other
-    exception, no signal, no allocation the file did not pay for."""
+    child process whose address space is capped at what it holds after importing torch plus 512 MiB:
+    every input loads or is a CheckpointError; no other exception, no signal, no allocation the file did
+    not pay for (a refusal caused by a failed allocation counts as a failure)."""
     import json
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[1]
     report = tmp_path / "fuzz.json"
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fuzz_checkpoint_worker.py")), "7", "30",
-                           "3000", str(report)], env={**os.environ, "PYTHONPATH": str(root)},
-                          capture_output=True, text=True, timeout=600)
+                           "3000", str(report)], env=_WORKER_ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # a negative code is a signal
     result = json.loads(report.read_text())
     assert result["failures"] == [], result["failures"][0]["error"]
     assert result["iterations"] >= 100 and result["refused"] > 0 and result["loaded"] > 0, result
+
+
+
+_PROBE = """
+import sys
+import fuzz_checkpoint_worker as worker
+from poster.checkpoint import safe_load
+if sys.argv[2] == "unchecked":
+    safe_load._declared_storage_bytes = lambda storages, where: 0  # the loader's size check taken out
+worker.cap_address_space()
+print(worker.outcome(sys.argv[1]))
+"""
+
+
+def _outcome_under_the_fuzz_cap(path: Path, mode: str = "checked") -> str:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), mode], env=_WORKER_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    return proc.stdout.strip()
+
+
+def test_the_fuzz_bound_catches_an_allocation_the_file_did_not_pay_for(tmp_path):
+    """The fuzz worker's bound is real: a legacy file of a few hundred bytes declaring a 1 GiB storage is
+    refused by the loader's size check; with that check taken out, torch tries to allocate the storage,
+    the worker's cap refuses it and the worker reports a failure, not a refusal. (Without the cap the
+    allocation succeeds untouched, the short file is then refused, and this test fails.)"""
+    from test_hostile_files import _storage_pid_pickle
+    from test_safe_load import legacy_with_pickle
+
+    path = legacy_with_pickle(tmp_path / "big.pth", _storage_pid_pickle(2**28, legacy=True))
+    assert path.stat().st_size < 1000
+    assert _outcome_under_the_fuzz_cap(path) == "refused"
+    unchecked = _outcome_under_the_fuzz_cap(path, "unchecked")
+    assert unchecked.startswith("allocation beyond the cap:"), unchecked
+
+
+@pytest.mark.parametrize("legacy,pkl", [
+    # a memo index of 2**29: the C unpickler's memo table would be 8 GiB of zeros
+    (False, b"\x80\x02N" + b"r" + (2**29).to_bytes(4, "little") + b"."),
+    # a string length of 4 GiB: a buffered read(n) of the real file reserves n bytes before reading
+    (True, b"\x80\x02X" + b"\xff\xff\xff\xff" + b"abc."),
+], ids=["memo-index", "legacy-string-length"])
+def test_fuzz_findings_cost_no_memory(tmp_path, legacy, pkl):
+    """Two findings of the fuzz loop once it counted failed allocations: tiny files whose pickle numbers
+    made the loader's scans ask for gigabytes. Refused (or loaded) within the fuzz worker's cap now."""
+    from test_safe_load import legacy_with_pickle, torch_zip_with_pickle
+
+    path = (legacy_with_pickle if legacy else torch_zip_with_pickle)(tmp_path / "f.pth", pkl)
+    assert path.stat().st_size < 1000
+    assert _outcome_under_the_fuzz_cap(path) in ("refused", "loaded")

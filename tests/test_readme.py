@@ -144,3 +144,16 @@ def test_readme_python_blocks_run_alone_and_print_what_they_say(sandbox, monkeyp
         ran += 1
     assert ran >= 4, "expected the bundled-model, official-file, OpenCV and ONNX examples to run"
     assert checked >= 3, "expected the examples' printed values to be checked"
+
+
+def test_ci_runs_the_readmes_set_up_and_test_commands():
+    """CI tests what a new user gets: .ci/run runs the README's set-up command and then its test
+    command as written, and installs nothing else (a torch pinned beforehand would be tested instead
+    of the one the set-up resolves)."""
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    lines = _command_lines()
+    set_up = next(line for line in lines if line.startswith("python3 -m venv"))
+    test = next(line for line in lines if "-m pytest" in line)
+    assert set_up in ci and test in ci and ci.index(set_up) < ci.index(test), (set_up, test, ci)
+    assert [line for line in ci if "pip install" in line] == [set_up], ci

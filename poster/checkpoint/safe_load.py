@@ -28,7 +28,8 @@ taken. Before anything is unpickled:
 2. **Sizes.** Archive records must be stored uncompressed (``torch.save`` never compresses; a DEFLATE
    record can inflate a few MB into gigabytes), and the storages the pickle declares must fit in the
    bytes of the file (a dry run of the pickle with inert stand-ins lists them; nothing is allocated for
-   them).
+   them). The scans themselves cost only what the file holds: no read past its end, whatever length
+   the pickle names, and the dry run's memo is a dict, not a table sized by the indices in the file.
 
 The load itself is ``torch.load(..., weights_only=True)`` with only the placeholder and numpy entries
 the file needs temporarily allow-listed, so torch's restricted unpickler enforces everything again at
@@ -327,11 +328,13 @@ class _Inert:
         pass
 
 
-class _DryRun(pickle.Unpickler):
+class _DryRun(pickle._Unpickler):
     """Runs a checkpoint pickle with inert stand-ins for every global, to list the storages it declares.
 
     Only names that passed the policy reach it; no class or function of theirs is used (plain
     containers excepted), so nothing is allocated for the storages and no foreign code runs.
+    Python's own unpickler, not the C one: the C one sizes its memo table from the index a PUT names
+    (``LONG_BINPUT 2**29`` in a 1 KB file fills 8 GiB with zeros); this one keeps the memo in a dict.
     """
 
     _REAL = {"collections.OrderedDict": OrderedDict, "builtins.set": set}
@@ -435,13 +438,35 @@ def _read_data_pkl(f, path: Path, file_size: int) -> bytes:
         raise corrupt(e) from None
 
 
+class _Bounded:
+    """The open file, read so that no read asks for more than the bytes left in it.
+
+    A buffered ``read(n)`` reserves ``n`` bytes before reading, and the pickle scanners read string
+    lengths from the file: a 4 GiB length in a 1 KB legacy file would cost 4 GiB (or a MemoryError).
+    """
+
+    def __init__(self, f, file_size: int):
+        self._f, self._size = f, file_size
+
+    def _left(self, n: int | None) -> int:
+        left = max(self._size - self._f.tell(), 0)
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._f.read(self._left(n))
+
+    def readline(self, n: int | None = -1) -> bytes:
+        return self._f.readline(self._left(n))
+
+
 def _scan_legacy(f, path: Path, file_size: int) -> set[str]:
     names: set[str] = set()
     starts = []
+    bounded = _Bounded(f, file_size)
     try:
         for _ in range(_LEGACY_PICKLES):
             starts.append(f.tell())
-            names |= compat.globals_in_pickle(f)
+            names |= compat.globals_in_pickle(bounded)
     except EOFError:
         raise CheckpointError(f"{path}: truncated or corrupt legacy (non-zip) checkpoint") from None
     except Exception as e:
@@ -450,7 +475,7 @@ def _scan_legacy(f, path: Path, file_size: int) -> set[str]:
         ) from None
     _refuse_forbidden(names, path)
     f.seek(starts[3])
-    storages = _dry_run(f, str(path))
+    storages = _dry_run(bounded, str(path))
     # Legacy files allocate each storage from the size in the pickle before reading its bytes.
     if _declared_storage_bytes(storages, str(path)) > file_size:
         raise CheckpointError(f"{path}: its tensors declare more bytes than the file holds (crafted sizes)")
