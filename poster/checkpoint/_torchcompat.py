@@ -5,7 +5,9 @@ scanner, the same zip reader and the same allow-list registry. PyTorch has publi
 part of that, so the private names it uses are wrapped here, each with a check that it exists; a torch
 release that renames one fails here with one clear message instead of deep inside a load
 (``tests/test_safe_load.py::test_torch_compat_api_present`` runs these on the installed torch).
-Supported: torch >= 2.6 (the first release with ``get_globals_in_pkl`` and ``weights_only=True`` by default).
+Needs torch >= 2.6 (the first release with ``get_globals_in_pkl`` and ``weights_only=True`` by default);
+the project declares and tests 2.13 and 2.14 (pyproject.toml), and tests/test_safe_load.py checks these
+private APIs on the installed torch.
 """
 
 from __future__ import annotations
