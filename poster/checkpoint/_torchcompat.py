@@ -6,8 +6,7 @@ part of that, so the private names it uses are wrapped here, each with a check t
 release that renames one fails here with one clear message instead of deep inside a load
 (``tests/test_safe_load.py::test_torch_compat_api_present`` runs these on the installed torch).
 Needs torch >= 2.6 (the first release with ``get_globals_in_pkl`` and ``weights_only=True`` by default);
-the project declares and tests 2.13 and 2.14 (pyproject.toml), and tests/test_safe_load.py checks these
-private APIs on the installed torch.
+the project declares and tests 2.13 and 2.14 (pyproject.toml).
 """
 
 from __future__ import annotations
