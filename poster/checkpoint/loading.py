@@ -50,13 +50,17 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], path: str = "") -
 
 
 def release_meta(arch: str, options: Mapping[str, Any], dataset: str | None, source: str) -> ModelMeta:
-    """Metadata of weights that carry none, from the release record they fit: same architecture,
-    options and class count; ``dataset``, else the file's name, picks among several (7-class V2:
-    RAF-DB, AffectNet-7, CAER-S).  Weights that fit no record get generic metadata."""
+    """Metadata of weights that carry none, from the release record they fit: same family (a depth
+    of POSTER V1 is an option of the same official code and recipe, so a small or base V1 RAF-DB file
+    reads BGR as the released large one does), options and class count, the same architecture
+    first; ``dataset``, else the file's name, picks among several (7-class V2: RAF-DB, AffectNet-7,
+    CAER-S).  Weights that fit no record get generic metadata."""
     num_classes = int(options["num_classes"])
     arch_options = {k: v for k, v in options.items() if k != "num_classes"}
-    fits = [r for r in RELEASES.values() if r.kind == "model" and r.arch == arch
-            and r.num_classes == num_classes and dict(r.arch_options) == arch_options]
+    family = get_arch(arch).family
+    fits = sorted((r for r in RELEASES.values() if r.kind == "model" and get_arch(r.arch).family is family
+                   and r.num_classes == num_classes and dict(r.arch_options) == arch_options),
+                  key=lambda r: r.arch != arch)  # the same architecture first (sorted() is stable)
     if dataset is not None:
         chosen = [r for r in fits if r.dataset == dataset]
     else:
@@ -66,7 +70,7 @@ def release_meta(arch: str, options: Mapping[str, Any], dataset: str | None, sou
             log.warning("%s: these weights fit the releases %s; assuming %s's class order (pass dataset= one "
                         "of %s otherwise)", source, ", ".join(r.name for r in chosen), chosen[0].name,
                         ", ".join(repr(r.dataset) for r in chosen))
-        return dataclasses.replace(chosen[0].meta(), source=source)
+        return dataclasses.replace(chosen[0].meta(), arch=arch, arch_options=arch_options, source=source)
     names = DATASET_CLASSES.get(dataset or "")
     if names is None or len(names) != num_classes:
         names = tuple(f"class_{i}" for i in range(num_classes))
