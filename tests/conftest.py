@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 # Idle OpenMP threads must not spin: CI machines have 2 cores and some tests run several processes.

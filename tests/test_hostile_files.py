@@ -7,10 +7,8 @@ the file run, no process killed by a signal, nothing allocated that the file did
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import struct
 import subprocess
 import sys

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from poster.cli import main
 from poster.data import IMAGE_EXTENSIONS, build_dataset, load_image

@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 from ..inference.accelerate import CudaGraphRunner, prepare_inference, synchronize
 from ..precision import channels_last_for, cpu_has_native_bf16, resolve_precision
 from ..errors import PosterError
-from .options import MODELS, BenchmarkOptions
+from .options import BenchmarkOptions
 from ..device import resolve_device
 from ..fileio import atomic_write_text
 from ..meta import InputConfig, ModelMeta

@@ -14,11 +14,14 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from ..errors import DatasetError
 from .labels import (AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, CAERS_CLASSES, FER2013_CLASSES, FERPLUS_CLASSES,
                      RAFDB_CLASSES)
+
+if TYPE_CHECKING:  # the readers load torch; see below
+    from .datasets import ImageListDataset
 
 __all__ = ["DatasetLayout", "ReadOptions", "LAYOUTS", "DATASET_NAMES", "DATASET_CLASSES", "DATASET_TITLES",
            "get_layout", "build_dataset"]

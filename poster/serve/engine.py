@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..data.transforms import decode_image_bytes
-from ..errors import DatasetError, InputRejected, PosterError
+from ..errors import DatasetError, InputRejected
 from ..face import DETECTOR_NAMES
 from ..face.detect import Face, build_detector
 
