@@ -169,31 +169,48 @@ class YuNetDetector:
         self._raw = build_engine(engine, path, self.score_threshold, self.nms, self.top_k, backend_id, target_id)
         self.engine = self._raw.name
 
-    def refine_landmarks(self, image_bgr: np.ndarray, landmarks: np.ndarray, passes: int | None = None) -> np.ndarray:
-        """Landmarks re-detected on upright, normalised-scale views of the face (see the class doc)."""
+    def locate(self, image_bgr: np.ndarray, landmarks: np.ndarray, canvas: int = _REFINE_CANVAS,
+               face: int = _REFINE_FACE) -> Face | None:
+        """The face last seen with ``landmarks``, found again by one YuNet run on an upright view of
+        it: the image warped with the similarity transform of ``landmarks`` onto a ``canvas`` x
+        ``canvas`` square where the face is about ``face`` pixels wide.  Returns the detection nearest
+        the canvas centre mapped back to the image (the landmarks exactly; the box by its centre and
+        the transform's scale, upright), or ``None`` when no face lies near the centre.  A refinement
+        pass (see the class doc) is one such call; so is following a face from one video frame to
+        the next (``poster.inference.follow``)."""
         from .align import similarity_transform, template_points, transform_points
 
+        target = template_points(face) + (canvas - face) / 2.0
+        try:
+            m = similarity_transform(np.asarray(landmarks, dtype=np.float64).reshape(5, 2), target)
+        except ValueError:
+            return None
+        view = cv2.warpAffine(image_bgr, m, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        raw = self._raw(view)
+        if raw is None:
+            return None
+        points = raw[:, 4:14].reshape(-1, 5, 2).astype(np.float64)
+        dist = np.linalg.norm(points.mean(1) - target.mean(0), axis=1)
+        best = int(np.argmin(dist))
+        if dist[best] > face / 3.0:
+            return None
+        back = cv2.invertAffineTransform(m)
+        x, y, w, h = (float(v) for v in raw[best, :4])
+        scale = float(np.hypot(back[0, 0], back[1, 0]))  # image pixels per canvas pixel
+        cx, cy = transform_points(np.array([[x + w / 2, y + h / 2]]), back)[0]
+        box = (cx - w * scale / 2, cy - h * scale / 2, w * scale, h * scale)
+        return Face(box, transform_points(points[best], back).astype(np.float32), float(raw[best, 14]))
+
+    def refine_landmarks(self, image_bgr: np.ndarray, landmarks: np.ndarray, passes: int | None = None) -> np.ndarray:
+        """Landmarks re-detected on upright, normalised-scale views of the face (see the class doc)."""
         passes = self.refine if passes is None else int(passes)
         lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-        target = template_points(_REFINE_FACE) + (_REFINE_CANVAS - _REFINE_FACE) / 2.0
-        centre = target.mean(0)
         estimates: list[np.ndarray] = []
         for _ in range(passes):
-            try:
-                m = similarity_transform(lm, target)
-            except ValueError:
+            found = self.locate(image_bgr, lm)
+            if found is None:
                 break
-            canvas = cv2.warpAffine(image_bgr, m, (_REFINE_CANVAS, _REFINE_CANVAS), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REPLICATE)
-            raw = self._raw(canvas)
-            if raw is None:
-                break
-            points = raw[:, 4:14].reshape(-1, 5, 2).astype(np.float64)
-            dist = np.linalg.norm(points.mean(1) - centre, axis=1)
-            best = int(np.argmin(dist))
-            if dist[best] > _REFINE_FACE / 3.0:
-                break
-            lm = transform_points(points[best], cv2.invertAffineTransform(m))
+            lm = found.landmarks.astype(np.float64)
             estimates.append(lm)
         if len(estimates) >= _REFINE_SETTLE + 1:
             # the first passes remove most of the tilt; later ones jitter around the answer: average them

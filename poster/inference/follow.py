@@ -1,15 +1,23 @@
 """Faces followed between detections in a video: a full-frame detection every ``every`` frames,
-and in between a YuNet run on a small region around each face's last box.
+and in between one YuNet run per face on an upright view of where it was.
 
-On a 640x480 frame the bundled detector costs one full-frame YuNet run and 5 landmark-refinement
-passes per face (``poster.face.detect.YuNetDetector``; ~60 CPU-ms for one face, about as much as
-the model itself); following a face costs one YuNet run on its region shrunk to at most
-``region_side`` pixels and ``refine`` refinement passes (~10 CPU-ms with the defaults;
-docs/benchmarks.md).  The landmarks still come from YuNet on the face itself, not from motion, so
-alignment stays that of a detection: predictions stay close to per-frame detection (measured in
+On a 640x480 frame a full detection by the bundled detector costs one YuNet run on the frame
+(~16 CPU-ms) and 5 landmark-refinement passes per face (~8 CPU-ms each: ~55 CPU-ms for one face,
+more than the model; ``poster.face.detect.YuNetDetector``).  Following a face costs one
+``YuNetDetector.locate`` call: the frame warped with the similarity transform of the face's last
+landmarks onto a ``canvas`` x ``canvas`` square (the face ``canvas / 2`` pixels wide, upright), one
+YuNet run there, and the face nearest the centre mapped back (~8 CPU-ms); its box is the last
+one moved and scaled with the landmarks.  The view is the refinement's own (384 pixels, the face
+192): YuNet's landmarks shift with the face's size, so on a 256-pixel view (~5 CPU-ms) a still
+face's landmarks came out 2-5 pixels away from its detection's, against 0.2-1.8 on this one.
+That call *is* a refinement pass started from the previous frame's landmarks, so a followed face
+stays aligned like a detected one: its tilt is carried from frame to frame instead of being
+re-estimated from scratch.  The periodic full detection finds new faces; the faces it finds where
+a followed face was get ``refine`` passes from the followed landmarks (cheap), new faces the
+detector's full refinement.  Predictions stay close to per-frame detection (measured in
 docs/benchmarks.md, checked in tests/test_timeline.py).
 
-A face that cannot be found in its region (occluded, gone, moved too fast) triggers a full-frame
+A face that cannot be found on its view (occluded, gone, moved too fast) triggers a full-frame
 detection on that same frame, and so does a frame with no face followed (a new face appears at
 the next full detection, at most ``every - 1`` frames late while other faces are followed).
 A ``FollowingDetector`` holds the state of one video: frames must come in order, from one thread.
@@ -20,34 +28,40 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import cv2
 import numpy as np
 
+from ..face.align import similarity_transform, transform_points
 from ..face.detect import Face, YuNetDetector
 from .tracking import box_iou
 
 __all__ = ["FollowingDetector", "following_detector", "recognizer_following"]
 
-_MARGIN = 0.6  # the region reaches this many face sizes beyond the box on each side
-_MIN_IOU = 0.2  # the face found in the region must overlap the last box this much
+_SAME_FACE_IOU = 0.3  # a detected face overlapping a followed one this much is that face
+_MIN_IOU = 0.2  # a followed face found again must overlap its last box this much
 _DUPLICATE_IOU = 0.5  # two followed faces overlapping more are one face
 
 
 class FollowingDetector:
-    """``detect(frame)`` like ``detector``'s, with full detections only every ``every`` frames."""
+    """``detect(frame)`` like ``detector``'s, with full detections only every ``every`` frames.
 
-    def __init__(self, detector: YuNetDetector, every: int = 5, refine: int = 1, region_side: int = 256) -> None:
+    ``refine``: ``locate`` passes for a face found again by a full detection where a face was
+    followed (new faces get the detector's own refinement); ``canvas``: side of the upright view
+    a followed face is looked for on (the face is half as wide)."""
+
+    def __init__(self, detector: YuNetDetector, every: int = 5, refine: int = 1, canvas: int = 384) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if refine < 0:
             raise ValueError(f"refine must be >= 0, got {refine}")
+        if canvas < 64:
+            raise ValueError(f"canvas must be at least 64 pixels, got {canvas}")
         self.detector = detector
         self.every = int(every)
         self.refine = int(refine)
-        self.region_side = int(region_side)
-        # the same network and thresholds, without its refinement (run here on the full frame instead)
-        self._region = YuNetDetector(detector.model_path, score_threshold=detector.score_threshold, nms=detector.nms,
-                                     max_side=None, refine=0, engine=detector.engine)
+        self.canvas = int(canvas)
+        # the same network and thresholds without its refinement: known faces need less of it
+        self._unrefined = copy.copy(detector)
+        self._unrefined.refine = 0
         self._faces: list[Face] = []
         self._since_full = 0
         self.full_detections = 0
@@ -65,41 +79,57 @@ class FollowingDetector:
                 self.followed += 1
                 self._faces = _without_duplicates(followed)
                 return list(self._faces)
-        self._faces = self.detector.detect(image_bgr)
+        self._faces = self._full_detection(image_bgr)
         self._since_full = 1
         self.full_detections += 1
         return list(self._faces)
 
+    def _full_detection(self, image: np.ndarray) -> list[Face]:
+        """Every face in the frame; those where a face was followed keep its landmarks' tilt."""
+        faces = []
+        for found in self._unrefined.detect(image):
+            known = max(self._faces, key=lambda f: box_iou(f.box, found.box), default=None)
+            start, passes = found.landmarks, self.detector.refine
+            if known is not None and known.landmarks is not None and box_iou(known.box, found.box) >= _SAME_FACE_IOU:
+                start, passes = known.landmarks, self.refine
+            landmarks = self._refined(image, start, passes) if passes else found.landmarks
+            faces.append(Face(found.box, found.landmarks if landmarks is None else landmarks, found.score))
+        return faces
+
+    def _refined(self, image: np.ndarray, landmarks: np.ndarray, passes: int) -> np.ndarray | None:
+        if passes == self.detector.refine:
+            return self.detector.refine_landmarks(image, landmarks, passes=passes)
+        for _ in range(passes):  # a few passes from a good start: the last estimate is the answer
+            found = self.detector.locate(image, landmarks, self.canvas, self.canvas // 2)
+            if found is None:
+                return None
+            landmarks = found.landmarks
+        return landmarks
+
     def _follow(self, image: np.ndarray, face: Face) -> Face | None:
-        h, w = image.shape[:2]
-        x, y, bw, bh = face.box
-        side = max(bw, bh)
-        x0, y0 = max(0, int(x - _MARGIN * side)), max(0, int(y - _MARGIN * side))
-        x1, y1 = min(w, int(np.ceil(x + bw + _MARGIN * side))), min(h, int(np.ceil(y + bh + _MARGIN * side)))
-        if x1 - x0 < 8 or y1 - y0 < 8:
+        if face.landmarks is None:
             return None
-        region = image[y0:y1, x0:x1]
-        scale = min(1.0, self.region_side / max(x1 - x0, y1 - y0))
-        if scale < 1.0:
-            region = cv2.resize(region, (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))),
-                                interpolation=cv2.INTER_AREA)
-        best, best_iou = None, _MIN_IOU
-        for found in self._region.detect(np.ascontiguousarray(region)):
-            found = Face((found.box[0] / scale + x0, found.box[1] / scale + y0, found.box[2] / scale,
-                          found.box[3] / scale), found.landmarks / np.float32(scale) + np.float32([x0, y0]),
-                         found.score)
-            iou = box_iou(found.box, face.box)
-            if iou >= best_iou:
-                best, best_iou = found, iou
-        if best is None or best.score < self.detector.score_threshold:
+        found = self.detector.locate(image, face.landmarks, self.canvas, self.canvas // 2)
+        if found is None or found.score < self.detector.score_threshold:
             return None
-        landmarks = best.landmarks
-        if self.refine:
-            landmarks = self.detector.refine_landmarks(image, landmarks, passes=self.refine)
-        return Face(best.box, landmarks, best.score)
+        box = _moved_box(face.box, face.landmarks, found.landmarks)
+        if box_iou(box, face.box) < _MIN_IOU:
+            return None
+        return Face(box, found.landmarks, found.score)
 
     def __repr__(self) -> str:
-        return f"FollowingDetector({self.detector!r}, every={self.every}, refine={self.refine})"
+        return f"FollowingDetector({self.detector!r}, every={self.every}, refine={self.refine}, canvas={self.canvas})"
+
+
+def _moved_box(box: tuple[float, float, float, float], before: np.ndarray, after: np.ndarray) -> tuple[float, ...]:
+    """``box`` moved and scaled as the landmarks moved from ``before`` to ``after``: a followed face
+    keeps the box a full detection gave it (YuNet's boxes on the upright view come out a few pixels
+    larger or smaller, so annotated boxes would jump at every full detection)."""
+    m = similarity_transform(before, after)
+    scale = float(np.hypot(m[0, 0], m[1, 0]))
+    x, y, w, h = box
+    cx, cy = transform_points(np.array([[x + w / 2, y + h / 2]]), m)[0]
+    return (cx - w * scale / 2, cy - h * scale / 2, w * scale, h * scale)
 
 
 def _without_duplicates(faces: list[Face]) -> list[Face]:
