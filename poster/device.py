@@ -23,3 +23,15 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PosterError(f"device {spec!r} requested but CUDA is not available on this machine")
     return device
+
+
+CPU_BATCH_SIZE = 8  # faces per model batch on a CPU: the activations of 8 faces stay in cache
+GPU_BATCH_SIZE = 32
+
+
+def default_batch_size(device: str | torch.device) -> int:
+    """Faces per model batch when none is asked for: 8 on a CPU, 32 on a GPU.  On 2 CPU cores the
+    bundled model cost 44-45 CPU-ms per face at batch 4-8 against 57-60 at batch 32 (one and two
+    threads, docs/benchmarks.md): larger batches only spill the activations out of the caches,
+    while a GPU needs them to fill its cores."""
+    return CPU_BATCH_SIZE if torch.device(device).type == "cpu" else GPU_BATCH_SIZE

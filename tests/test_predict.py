@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -290,6 +291,46 @@ def test_predict_many_is_lazy_and_stops_its_thread(model_rgb):
             break
         threading.Event().wait(0.05)
     assert threading.active_count() <= before
+
+
+def test_ordered_map_keeps_order_bounds_the_work_ahead_and_raises_in_place():
+    import threading
+    import time
+
+    from poster.inference.prefetch import ordered_map
+
+    started, lock = [], threading.Lock()
+
+    def slow_square(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.02 * (i % 3))  # later items finish first
+        if i == 7:
+            raise ValueError("item 7")
+        return i * i
+
+    results = ordered_map(slow_square, range(100), workers=2, ahead=4)
+    assert [next(results) for _ in range(3)] == [0, 1, 4]
+    time.sleep(0.2)
+    assert len(started) <= 3 + 4  # handed over + at most `ahead` started
+    assert [next(results) for _ in range(4)] == [9, 16, 25, 36]
+    with pytest.raises(ValueError, match="item 7"):
+        next(results)
+    assert list(ordered_map(lambda i: -i, iter(range(5)), workers=1)) == [0, -1, -2, -3, -4]
+
+
+def test_predict_many_on_two_threads_gives_the_one_thread_results(model_rgb, astronaut_rgb):
+    rec = Recognizer.from_checkpoint(model_rgb, batch_size=3)
+    images = [astronaut_rgb, astronaut_rgb[:, ::-1].copy(), np.zeros((10, 10), np.uint8), astronaut_rgb[::2, ::2]] * 2
+    assert rec._prepare_workers() == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    parallel = list(rec.predict_many(images, color="RGB"))
+    rec._prepare_workers = lambda: 1
+    serial = list(rec.predict_many(images, color="RGB"))
+    assert [r.source for r in parallel] == [r.source for r in serial]
+    for a, b in zip(parallel, serial):
+        assert [f.box for f in a.faces] == [f.box for f in b.faces]
+        for fa, fb in zip(a.faces, b.faces):
+            assert fa.probabilities == pytest.approx(fb.probabilities, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,6 +131,56 @@ def test_following_falls_back_to_a_full_detection_when_a_face_is_lost(rec):
     assert follower.detect(frame) and follower.full_detections == 3  # nothing followed: full detection
 
 
+def test_a_followed_face_costs_one_yunet_run_and_a_known_face_is_not_refined_afresh(rec):
+    """Following a face is one YuNet run on an upright view of it; the periodic full detection
+    runs YuNet on the frame, and a face found where one was followed gets one pass from the
+    followed landmarks instead of the detector's 5-pass refinement (which a new face still gets)."""
+    follower = FollowingDetector(rec.detector, every=3)
+    frame = np.full((240, 320, 3), 110, np.uint8)
+    face = cv2.resize(cv2.imread(str(Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"))[30:230, 140:320],
+                      (90, 100))
+    frame[60:160, 100:190] = face
+    runs = []
+    engine = follower.detector._raw
+    follower.detector._raw = follower._unrefined._raw = lambda image: runs.append(image.shape[:2]) or engine(image)
+    try:
+        first = follower.detect(frame)
+        assert len(runs) == 1 + rec.detector.refine  # new face: the frame, then the full refinement
+        runs.clear()
+        followed = [follower.detect(frame) for _ in range(2)]
+        assert runs == [(384, 384)] * 2 and follower.followed == 2
+        runs.clear()
+        again = follower.detect(frame)  # the third frame since the last full detection
+        assert follower.full_detections == 2 and runs == [(240, 320), (384, 384)]
+    finally:
+        follower.detector._raw = follower._unrefined._raw = engine
+    for faces in (*followed, again):  # the same still face, located the same way
+        assert len(faces) == 1
+        assert np.abs(faces[0].landmarks - first[0].landmarks).max() < 2.0
+        assert np.abs(np.subtract(faces[0].box, first[0].box)).max() < 0.1 * first[0].box[2]
+
+
+def test_a_long_run_gets_the_traced_graph_and_the_same_predictions(clip, followed):
+    """Webcams, streams and videos of LONG_RUN_FRAMES or more run the model as the verified traced
+    graph (a one-off start-up); shorter ones keep the fast path as it is.  Same predictions."""
+    fresh = Recognizer.from_checkpoint(None, fast=True, batch_size=8)
+    short = fresh.predict_video(clip.path)
+    assert short.frames_expected == FRAMES
+    assert fresh.predict_video(clip.path, every_n=3, max_frames=10).frames_expected == 10
+    assert fresh.predict_video(clip.path, every_n=3).frames_expected == -(-FRAMES // 3)
+    assert not fresh.prepare_for_frames(short.frames_expected) and not fresh.fast_inference.traced
+    fresh.LONG_RUN_FRAMES = FRAMES  # this clip is now a long run
+    results = list(fresh.predict_video(clip.path))
+    assert fresh.fast_inference.traced and "traced graph" in fresh.engine
+    _, reference = followed
+    assert len(results) == len(reference)
+    for a, b in zip(reference, results):
+        assert [f.track for f in a.faces] == [f.track for f in b.faces]
+        for fa, fb in zip(a.faces, b.faces):
+            assert fa.probabilities == pytest.approx(fb.probabilities, abs=1e-4)
+    assert fresh.prepare_for_frames(None)  # no known end: traced (here: already)
+
+
 # ---------------------------------------------------------------------------------------------
 # The timeline: DataFrame, summary, files
 

@@ -59,7 +59,8 @@ def add_parser(subparsers) -> None:
                         "channels-last; slower)")
     p.add_argument("--compile", action="store_true",
                    help="PyTorch runtime: torch.compile the model (the first batch pays the compile time)")
-    p.add_argument("-b", "--batch-size", type=int, default=32, help="faces per model batch (default 32)")
+    p.add_argument("-b", "--batch-size", type=int, default=None,
+                   help="faces per model batch (default 8 on a CPU, where larger batches run slower, 32 on a GPU)")
     p.add_argument("-k", "--top-k", type=int, default=DEFAULTS.top_k,
                    help="classes shown per face in the annotations, the printout and the top_k field (default 3)")
     p.add_argument("--min-face", type=float, default=0.0, help="ignore faces smaller than this many pixels")
@@ -153,7 +154,7 @@ MAX_CROP_SIZE = 1024  # a face crop of 20,000 pixels a side would take gigabytes
 
 def _check_options(args: argparse.Namespace) -> None:
     """Every out-of-range value is one clear error before any model or file is touched."""
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise PosterError("--batch-size must be at least 1")
     if args.every_n < 1:
         raise PosterError("--every-n must be at least 1")

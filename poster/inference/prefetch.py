@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
 
 _DONE = object()
 
@@ -62,3 +64,26 @@ def prefetched(items: Iterator[Any], maxsize: int) -> Iterator[Any]:
             except queue.Empty:
                 break
         thread.join(timeout=5.0)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int | None = None) -> Iterator[Any]:
+    """``fn(item)`` for each item on ``workers`` threads, yielded in the items' order, with at most
+    ``ahead`` (default ``2 * workers``) calls started and not yet handed over: memory stays bounded
+    for any number of items.  ``workers <= 1``: plain ``map``, in the calling thread.  An exception
+    of ``fn`` is raised where its result would have been yielded; closing the iterator early waits
+    for the calls already running and starts no more."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    ahead = max(1, ahead if ahead is not None else 2 * workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="poster-prepare")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -47,13 +47,13 @@ import torch
 from PIL import Image
 
 from ..data.transforms import EvalTransform, decode_image_bytes, to_uint8_array
-from ..device import resolve_device
+from ..device import default_batch_size, resolve_device
 from ..errors import CheckpointError, DatasetError, PosterError
 from ..face.align import DEFAULT_CROP_SIZE, face_crop
 from ..face.detect import Face, FaceDetector, build_detector
 from ..meta import ModelMeta, check_channel_order
 from ..precision import PRECISIONS
-from .prefetch import prefetched
+from .prefetch import ordered_map, prefetched
 from .results import ImageResult, face_result
 from .video import VideoPrediction
 
@@ -110,7 +110,8 @@ class Recognizer:
     ``detector``: ``"yunet"`` (bundled, offline), ``"none"`` (the whole image is one already aligned
     face) or an object with ``detect(image_bgr) -> list[Face]``; ``detector_options`` go to a
     detector built by name (e.g. ``{"score_threshold": 0.7}``).  ``device``: where the backend runs
-    (reported; the backend itself decides).  ``min_face``: faces whose box is smaller (in pixels,
+    (reported; the backend itself decides).  ``batch_size``: faces per model batch (``None``:
+    ``poster.device.default_batch_size``, 8 on a CPU, 32 on a GPU).  ``min_face``: faces whose box is smaller (in pixels,
     smaller side) are ignored.  ``crop_size``: side of the aligned crop before the evaluation
     transform resizes it (100 = RAF-DB's aligned faces; ``None``: the model's input size).
     With ``meta=None`` the first argument is a checkpoint instead (a weights file, a release name,
@@ -127,7 +128,7 @@ class Recognizer:
 
     def __init__(self, backend: Backend | str | os.PathLike | torch.nn.Module | None = None,
                  meta: ModelMeta | None = None, detector: str | FaceDetector | None = "yunet", *,
-                 device: str | torch.device = "cpu", batch_size: int = 32, min_face: float = 0.0,
+                 device: str | torch.device = "cpu", batch_size: int | None = None, min_face: float = 0.0,
                  crop_size: int | None = DEFAULT_CROP_SIZE, template: np.ndarray | None = None,
                  detector_options: dict[str, Any] | None = None, prefetch: bool = True,
                  grayscale: bool | None = None, name: str | None = None, **checkpoint_options: Any) -> None:
@@ -142,7 +143,7 @@ class Recognizer:
             return
         if checkpoint_options:
             raise TypeError(f"{sorted(checkpoint_options)} apply to checkpoints; Recognizer(backend, meta) takes none")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not isinstance(meta, ModelMeta):
             raise CheckpointError("meta must be a poster.ModelMeta (class names, channel order, normalisation), "
@@ -158,7 +159,7 @@ class Recognizer:
         self.transform = EvalTransform(meta.input)  # applies the grey conversion when it is set
         self.channel_order = meta.input.channel_order
         self.detector = build_detector(detector, **(detector_options or {}))
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.device)
         self.min_face = float(min_face)
         self.crop_size = int(crop_size) if crop_size is not None else int(meta.input.input_size)
         self.template = template
@@ -206,7 +207,7 @@ class Recognizer:
         ``rec.engine`` says how the model runs.  ``options`` as for ``Recognizer``."""
         from .runtime import open_backend
 
-        if options.get("batch_size", 1) < 1:
+        if options.get("batch_size") is not None and options["batch_size"] < 1:
             raise ValueError(f"batch_size must be >= 1, got {options['batch_size']}")
         opened = open_backend(source, runtime=runtime, device=device, precision=precision, eager=eager,
                               compile=compile, trace=trace, purpose="predict")
@@ -216,6 +217,25 @@ class Recognizer:
         return rec
 
     # -- model -----------------------------------------------------------------------------------
+
+    LONG_RUN_FRAMES = 500  # frames from which a video earns the traced graph's start-up
+
+    def prepare_for_frames(self, frames: int | None) -> bool:
+        """Before a run of ``frames`` video frames (``None``: a webcam or stream, no known end): an
+        fp32 CPU fast path becomes the verified traced graph (``accelerate.use_traced_graph``) when
+        the run is long enough to earn it.  Tracing and checking cost ~2 CPU-seconds once; the graph
+        then saves ~5-8 CPU-ms per frame and runs its ops without Python's lock, so decoding and
+        face detection in the other thread no longer stall it (docs/benchmarks.md, video).  Returns
+        True when the model now runs as that graph (also when it already did)."""
+        fast = self.fast_inference
+        if fast is None or (frames is not None and frames < self.LONG_RUN_FRAMES):
+            return bool(fast is not None and fast.traced)
+        from .accelerate import describe_inference, use_traced_graph
+
+        if use_traced_graph(fast, self.meta.input.input_size):
+            self.engine = describe_inference(fast)
+        return fast.traced
+
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Softmax of the backend's logits for a preprocessed batch, as a float64 [B, C] array."""
@@ -229,7 +249,7 @@ class Recognizer:
             # Never hand NaN probabilities on (they are not valid JSON and poison every average).
             raise PosterError(f"the model ({self.checkpoint}) produced NaN or infinite outputs; "
                               "its weights are broken or it does not fit this input")
-        return torch.softmax(logits, dim=1).double().numpy()
+        return torch.softmax(logits.double(), dim=1).numpy()  # in float64: each row sums to 1 within 1e-15
 
     # -- preprocessing ---------------------------------------------------------------------------
 
@@ -342,15 +362,26 @@ class Recognizer:
         if color is not None:
             check_channel_order(color, "color")
 
-        def jobs() -> Iterator[_Job]:
+        def named() -> Iterator[tuple[str, Any]]:
             for position, item in enumerate(images):
                 if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-                    name, item = item
+                    yield item
                 else:
-                    name = _describe(item, position)
-                yield self._prepare(name, None, item, color)
+                    yield _describe(item, position), item
 
-        return self._run(jobs(), keep_images)
+        jobs = ordered_map(lambda pair: self._prepare(pair[0], None, pair[1], color), named(), self._prepare_workers())
+        return self._run(jobs, keep_images)
+
+    def _prepare_workers(self) -> int:
+        """Threads that decode, detect and crop independent images: 2 where the detector is one of
+        ours (thread-safe) and there are 2 cores, else 1.  Detection with its refinement passes
+        costs more than the model on a photo (~60 against ~45 ms), so one thread left the model
+        waiting: on 2 cores, 30 photos took 69-72 ms each with two against 84-88 with one
+        (docs/benchmarks.md).  A video's frames stay in one thread (following is sequential)."""
+        from ..face.detect import NoDetector, YuNetDetector
+
+        ours = type(self.detector) in (YuNetDetector, NoDetector)
+        return 2 if self.prefetch and ours and (os.cpu_count() or 1) >= 2 else 1
 
     def predict_frames(self, source: str, frames: Iterable[tuple[int, np.ndarray]], keep_images: bool = False,
                        live: bool = False) -> Iterator[ImageResult]:

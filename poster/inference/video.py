@@ -236,7 +236,9 @@ class VideoSink:
 
 
 class FrameRecognizer(Protocol):
-    """What ``VideoPrediction`` needs of a recogniser (``poster.Recognizer`` is one)."""
+    """What ``VideoPrediction`` needs of a recogniser (``poster.Recognizer`` is one).  Where it also
+    has ``prepare_for_frames(frames)``, that is called first with ``frames_expected`` (``None``:
+    no known end), so that a long run can pay a one-off start-up for faster frames."""
 
     class_names: Sequence[str]
 
@@ -294,6 +296,15 @@ class VideoPrediction:
     def frames_failed(self) -> int:
         return self.reader.frames_failed
 
+    @property
+    def frames_expected(self) -> int | None:
+        """Frames this run will process as far as the container says (``None``: a webcam or stream,
+        or a file that does not say)."""
+        if self.reader.kind != "file" or not self.reader.frame_count:
+            return None if self.max_frames is None else int(self.max_frames)
+        count = -(-self.reader.frame_count // self.reader.every_n)
+        return count if self.max_frames is None else min(count, int(self.max_frames))
+
     def close(self) -> None:
         self.reader.close()
 
@@ -305,6 +316,9 @@ class VideoPrediction:
         if self._started:
             raise RuntimeError("a VideoPrediction can be iterated once")
         self._started = True
+        prepare = getattr(self.recognizer, "prepare_for_frames", None)
+        if prepare is not None:
+            prepare(self.frames_expected)
         rec, self.follower = recognizer_following(self.recognizer, self.detect_every)
         names = tuple(rec.class_names)
         tracker = VideoTracker(names, DEFAULT_SMOOTHING if self.smoothing is None else float(self.smoothing))
