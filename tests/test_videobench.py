@@ -29,9 +29,9 @@ def test_video_benchmark_quick_run(tmp_path, capsys):
     out = tmp_path / "video.json"
     assert main(["benchmark", "--video", "--frames", "4", "--photos", "1", "--no-peer", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "CPU-ms/frame" in printed and "followed vs per-frame" in printed
+    assert "CPU-ms/frame" in printed and "followed vs per-frame" in printed and "a folder's pipeline" in printed
     report = json.loads(out.read_text())
-    for side in ("poster", "per_frame", "poster_photo"):
+    for side in ("poster", "per_frame", "poster_photo", "poster_photos"):
         assert report[side]["frames"] > 0 and report[side]["cpu_ms_per_frame"] > 0 and report[side]["frames_per_s"] > 0
     assert report["agreement"]["faces_compared"] == 4 and report["agreement"]["top_label_agreement"] == 1.0
     assert "peer" not in report and report["machine"]["cores"] >= 1
