@@ -89,17 +89,17 @@ class FollowingDetector:
         faces = []
         for found in self._unrefined.detect(image):
             known = max(self._faces, key=lambda f: box_iou(f.box, found.box), default=None)
-            start, passes = found.landmarks, self.detector.refine
+            landmarks = None
             if known is not None and known.landmarks is not None and box_iou(known.box, found.box) >= _SAME_FACE_IOU:
-                start, passes = known.landmarks, self.refine
-            landmarks = self._refined(image, start, passes) if passes else found.landmarks
+                landmarks = self._relocated(image, known.landmarks) if self.refine else found.landmarks
+            if landmarks is None and self.detector.refine:  # a new face (or one not found again): in full
+                landmarks = self.detector.refine_landmarks(image, found.landmarks)
             faces.append(Face(found.box, found.landmarks if landmarks is None else landmarks, found.score))
         return faces
 
-    def _refined(self, image: np.ndarray, landmarks: np.ndarray, passes: int) -> np.ndarray | None:
-        if passes == self.detector.refine:
-            return self.detector.refine_landmarks(image, landmarks, passes=passes)
-        for _ in range(passes):  # a few passes from a good start: the last estimate is the answer
+    def _relocated(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+        """``refine`` passes from a followed face's landmarks: the last estimate is the answer."""
+        for _ in range(self.refine):
             found = self.detector.locate(image, landmarks, self.canvas, self.canvas // 2)
             if found is None:
                 return None
