@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -53,6 +54,7 @@ from ..face.align import DEFAULT_CROP_SIZE, face_crop
 from ..face.detect import Face, FaceDetector, build_detector
 from ..meta import ModelMeta, check_channel_order
 from ..precision import PRECISIONS
+from .model_pool import open_model_pool
 from .prefetch import ordered_map, prefetched
 from .results import ImageResult, face_result
 from .video import VideoPrediction
@@ -123,7 +125,8 @@ class Recognizer:
     channels) before the transform, for models trained on grey faces such as FER2013's; ``None``
     (default): as ``meta.input.grayscale`` says.  ``prefetch``: decode/detect in a background
     thread while the model runs.  ``name``: how errors and ``repr`` name the weights (default
-    ``meta.source``).
+    ``meta.source``).  ``model_workers``: model batches run at once (``None``: 2 for a PyTorch fast
+    path on a CPU, each on half of the intra-op threads, else 1; ``resolved_model_workers()``).
     """
 
     def __init__(self, backend: Backend | str | os.PathLike | torch.nn.Module | None = None,
@@ -131,20 +134,23 @@ class Recognizer:
                  device: str | torch.device = "cpu", batch_size: int | None = None, min_face: float = 0.0,
                  crop_size: int | None = DEFAULT_CROP_SIZE, template: np.ndarray | None = None,
                  detector_options: dict[str, Any] | None = None, prefetch: bool = True,
-                 grayscale: bool | None = None, name: str | None = None, **checkpoint_options: Any) -> None:
+                 grayscale: bool | None = None, name: str | None = None, model_workers: int | None = None,
+                 **checkpoint_options: Any) -> None:
         if meta is None:
             # Shorthand kept for the first contact: Recognizer() is the bundled model, Recognizer(path)
             # a weights file or release name, exactly as Recognizer.from_checkpoint builds them.
             built = Recognizer.from_checkpoint(backend, device, detector, batch_size=batch_size, min_face=min_face,
                                                crop_size=crop_size, template=template, prefetch=prefetch,
                                                detector_options=detector_options, grayscale=grayscale,
-                                               **checkpoint_options)
+                                               model_workers=model_workers, **checkpoint_options)
             self.__dict__.update(vars(built))
             return
         if checkpoint_options:
             raise TypeError(f"{sorted(checkpoint_options)} apply to checkpoints; Recognizer(backend, meta) takes none")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if model_workers is not None and model_workers < 1:
+            raise ValueError(f"model_workers must be >= 1, got {model_workers}")
         if not isinstance(meta, ModelMeta):
             raise CheckpointError("meta must be a poster.ModelMeta (class names, channel order, normalisation), "
                                   f"got {type(meta).__name__}")
@@ -164,6 +170,7 @@ class Recognizer:
         self.crop_size = int(crop_size) if crop_size is not None else int(meta.input.input_size)
         self.template = template
         self.prefetch = bool(prefetch)
+        self.model_workers = int(model_workers) if model_workers is not None else None
         # set by from_checkpoint: the torch model and how it is run (None: a backend given as is)
         self.model: torch.nn.Module | None = None
         self.fast_inference = None
@@ -285,45 +292,82 @@ class Recognizer:
         """Batch the faces of consecutive jobs through the model; yield results in input order.
 
         At most ``max_pending`` inputs wait for a batch to fill (default ``2 * batch_size``; 1 for
-        live sources, so that each frame comes out as soon as it is done)."""
+        live sources, so that each frame comes out as soon as it is done).  With more than one
+        model worker (``model_workers``), up to that many batches run at once."""
         max_pending = max(1, max_pending if max_pending is not None else 2 * self.batch_size)
         if self.prefetch:
             jobs = prefetched(jobs, maxsize=max(2, self.batch_size))
+        pool = open_model_pool(self.resolved_model_workers())
         pending: deque[_Job] = deque()
         queued: list[tuple[_Job, int]] = []
+        running: deque[tuple[Future, list[tuple[_Job, int]]]] = deque()  # batches in the pool, oldest first
+
+        def store(entries: list[tuple[_Job, int]], probs: np.ndarray) -> None:
+            for (job, i), p in zip(entries, probs):
+                job.probs[i] = p
+
+        def collect(wait: bool) -> None:
+            """Results of the pool's batches, oldest first: those finished (``wait``: all)."""
+            while running and (wait or running[0][0].done()):
+                future, entries = running.popleft()
+                store(entries, future.result())
 
         def flush() -> None:
             if not queued:
                 return
-            batch = torch.stack([job.tensors[i] for job, i in queued])
-            probs = self.probabilities(batch)
-            for (job, i), p in zip(queued, probs):
-                job.probs[i] = p
-                job.tensors[i] = None  # free memory early
+            entries = list(queued)
             queued.clear()
+            batch = torch.stack([job.tensors[i] for job, i in entries])
+            for job, i in entries:
+                job.tensors[i] = None  # free memory early
+            if pool is None:
+                store(entries, self.probabilities(batch))
+                return
+            while len(running) >= pool.workers:
+                future, done = running.popleft()
+                store(done, future.result())
+            running.append((pool.submit(self.probabilities, batch), entries))
 
         def ready() -> Iterator[ImageResult]:
+            collect(wait=False)
             while pending and pending[0].done:
                 yield self._result(pending.popleft(), keep_images)
 
+        waiting = 0  # inputs since the last batch was formed (those in running batches do not count)
         try:
             for job in jobs:
                 pending.append(job)
+                waiting += 1
                 for i in range(len(job.tensors)):
                     queued.append((job, i))
                     if len(queued) >= self.batch_size:
                         flush()
+                        waiting = 0
                         yield from ready()
-                if len(pending) >= max_pending:
+                if waiting >= max_pending:
                     flush()
+                    waiting = 0
                 if not queued:
                     yield from ready()
             flush()
+            collect(wait=True)
             yield from ready()
         finally:
+            if pool is not None:
+                pool.close()
             close = getattr(jobs, "close", None)
             if close is not None:
                 close()  # stops the background thread, releases a video source
+
+    def resolved_model_workers(self) -> int:
+        """Model batches run at once: ``model_workers`` when given, else 2 for a PyTorch fast path
+        on a CPU with at least 2 intra-op threads (each batch then runs on half of them:
+        ``poster.inference.model_pool``), else 1."""
+        if self.model_workers is not None:
+            return self.model_workers
+        fast = self.fast_inference
+        cpu_fast_path = fast is not None and fast.device.type == "cpu" and not fast.compiled
+        return 2 if cpu_fast_path and torch.get_num_threads() >= 2 else 1
 
     def _result(self, job: _Job, keep_image: bool) -> ImageResult:
         if job.error is not None:
