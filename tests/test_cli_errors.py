@@ -57,6 +57,7 @@ CASES = {
     "predict min-face nan": (PREDICT + ["--min-face", "nan"], "--min-face must be a number of pixels >= 0"),
     "predict crop size": (PREDICT + ["--crop-size", "20000"], "--crop-size must be 0"),
     "predict batch 0": (PREDICT + ["-b", "0"], "--batch-size must be at least 1"),
+    "predict model workers 0": (PREDICT + ["--model-workers", "0"], "--model-workers must be 1 to 64"),
     "predict every-n": (PREDICT + ["--every-n", "0"], "--every-n must be at least 1"),
     "predict max-frames": (PREDICT + ["--max-frames", "0"], "--max-frames must be at least 1"),
     "predict smooth": (PREDICT + ["--smooth", "1"], "--smooth must be in [0, 1)"),

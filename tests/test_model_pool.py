@@ -170,3 +170,30 @@ def test_bundled_model_on_a_video_gives_the_same_results_with_two_workers(torch_
     np.testing.assert_allclose(two, one, atol=1e-5)  # one thread vs two: only the sums' order differs
     assert torch.get_num_threads() == 2 and not _model_threads_alive()
 
+
+def test_cli_model_workers_reach_the_recognizer_and_change_no_result(torch_threads, tmp_path, monkeypatch, capsys):
+    import json
+
+    from poster.benchmark.video import make_face_video
+    from poster.cli import main
+
+    torch_threads(2)
+    clip = make_face_video(tmp_path / "clip.avi", frames=12, size=(320, 240))
+    seen: list[int] = []
+    resolved = Recognizer.resolved_model_workers
+
+    def spy(self: Recognizer) -> int:
+        seen.append(resolved(self))
+        return seen[-1]
+
+    monkeypatch.setattr(Recognizer, "resolved_model_workers", spy)
+    probs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        assert main(["predict", str(clip.path), "-o", str(out), "--no-annotate", "-q",
+                     "--model-workers", workers]) == 0, capsys.readouterr()
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        probs[workers] = [list(r["probabilities"].values()) for r in rows]  # one row per face
+        assert seen[-1] == int(workers)
+    assert len(probs["1"]) == 12
+    np.testing.assert_allclose(probs["2"], probs["1"], atol=1e-5)

@@ -61,6 +61,9 @@ def add_parser(subparsers) -> None:
                    help="PyTorch runtime: torch.compile the model (the first batch pays the compile time)")
     p.add_argument("-b", "--batch-size", type=int, default=None,
                    help="faces per model batch (default 8 on a CPU, where larger batches run slower, 32 on a GPU)")
+    p.add_argument("--model-workers", type=int, default=None,
+                   help="model batches run at once (default 2 for the PyTorch fast path on a CPU, each on half "
+                        "of the threads, which keeps the cores busier; else 1)")
     p.add_argument("-k", "--top-k", type=int, default=DEFAULTS.top_k,
                    help="classes shown per face in the annotations, the printout and the top_k field (default 3)")
     p.add_argument("--min-face", type=float, default=0.0, help="ignore faces smaller than this many pixels")
@@ -149,6 +152,7 @@ def _print_summary(summary, results_path: Path, annotated_dir: Path | None) -> N
 # Running
 
 
+MAX_MODEL_WORKERS = 64  # each holds a batch of activations; more than the cores only adds memory
 MAX_CROP_SIZE = 1024  # a face crop of 20,000 pixels a side would take gigabytes per face
 
 
@@ -156,6 +160,8 @@ def _check_options(args: argparse.Namespace) -> None:
     """Every out-of-range value is one clear error before any model or file is touched."""
     if args.batch_size is not None and args.batch_size < 1:
         raise PosterError("--batch-size must be at least 1")
+    if args.model_workers is not None and not 1 <= args.model_workers <= MAX_MODEL_WORKERS:
+        raise PosterError(f"--model-workers must be 1 to {MAX_MODEL_WORKERS}")
     if args.every_n < 1:
         raise PosterError("--every-n must be at least 1")
     if args.detect_every < 1:
@@ -198,7 +204,8 @@ def _load_recognizer(args: argparse.Namespace, checkpoint: str, runtime: str, de
     rec = Recognizer.open(checkpoint, runtime=runtime, device=device, detector=args.detector,
                           precision=args.precision, eager=args.eager, compile=args.compile,
                           batch_size=args.batch_size, min_face=args.min_face, detector_options=options,
-                          crop_size=args.crop_size if args.crop_size > 0 else None, grayscale=args.grayscale)
+                          crop_size=args.crop_size if args.crop_size > 0 else None, grayscale=args.grayscale,
+                          model_workers=args.model_workers)
     log.info("model %s (%s input, classes %s) on %s with %s; detector %s", printable(rec.meta.arch),
              rec.channel_order, printable(", ".join(rec.class_names)), rec.device, rec.engine, args.detector)
     return rec
