@@ -25,16 +25,27 @@ def test_synthetic_video_has_its_frames_and_hides_face_0(tmp_path):
     assert grey[2] > grey[1] + 0.1 and grey[3] > grey[4] + 0.1  # the bar over the face
 
 
-def test_video_benchmark_quick_run(tmp_path, capsys):
+@pytest.mark.parametrize("bf16_cpu", ["0", "1"], ids=["fp32 CPU", "bf16 CPU (faked)"])
+def test_video_benchmark_quick_run(tmp_path, capsys, monkeypatch, bf16_cpu):
+    monkeypatch.setenv("POSTER_CPU_BF16", bf16_cpu)  # what `poster predict` runs depends on the CPU: fake each kind
     out = tmp_path / "video.json"
     assert main(["benchmark", "--video", "--frames", "4", "--photos", "1", "--no-peer", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "CPU-ms/frame" in printed and "followed vs per-frame" in printed and "a folder's pipeline" in printed
     report = json.loads(out.read_text())
-    for side in ("poster", "per_frame", "poster_photo", "poster_photos"):
+    sides = ("poster", "per_frame", "poster_photo", "poster_photos", "traced") + (("fp32",) if bf16_cpu == "1" else ())
+    for side in sides:
         assert report[side]["frames"] > 0 and report[side]["cpu_ms_per_frame"] > 0 and report[side]["frames_per_s"] > 0
     assert report["agreement"]["faces_compared"] == 4 and report["agreement"]["top_label_agreement"] == 1.0
     assert "peer" not in report and report["machine"]["cores"] >= 1
+    precision = "bf16" if bf16_cpu == "1" else "fp32"
+    assert f"poster runs the PyTorch {precision} fast path" in printed and precision in report["poster"]["engine"]
+    if bf16_cpu == "1":  # the exact function beside the default, and how far bf16 moved the predictions
+        assert "fp32 (the exact function)" in printed and "fp32" in report["fp32"]["engine"]
+        assert report["fp32"]["agreement_with_default"]["faces_compared"] == 4
+        assert report["fp32"]["agreement_with_default"]["max_prob_diff_max"] < 0.05
+    else:
+        assert report["fp32"] is None and "exact function" not in printed
 
 
 def test_peer_without_fer_says_why(monkeypatch, capsys):

@@ -106,6 +106,7 @@ class VideoBenchmarkOptions:
     peer: bool = True  # the ``fer`` package side by side, where it can be imported
     peer_path: str | None = None  # a folder put first on the peer process's path (fer and its OpenCV)
     photos: int = 10  # predictions on one photo per side, for the photo comparison (3x as many in the folder row)
+    precision: str = "auto"  # as `poster predict`: bf16 where the CPU has bf16 instructions, else fp32
     face_image: str | None = None
     json_path: str | None = None
 
@@ -265,6 +266,34 @@ def _peer_side(video: Path, photo_path: str, photos: int, peer_path: str | None)
     return {"available": False, "why": f"the peer process failed: {tail}"}
 
 
+def _one_worker_side(rec: Any, video: Path, detect_every: int, tracked: list[Any]) -> dict[str, Any] | None:
+    """The same video path with one model batch at a time (as before model workers), where the
+    default runs more; ``None`` where it already runs one."""
+    if rec.resolved_model_workers() < 2:
+        return None
+    saved, rec.model_workers = rec.model_workers, 1
+    try:
+        numbers, results = _poster_side(rec, video, detect_every)
+    finally:
+        rec.model_workers = saved
+    return {**numbers, "agreement_with_workers": _agreement(tracked, results)}
+
+
+def _fp32_side(rec: Any, video: Path, photo: np.ndarray, detect_every: int,
+               tracked: list[Any]) -> tuple[Any, dict[str, Any] | None]:
+    """The fp32 recognizer and its numbers on the video, where the default runs in bf16 (a CPU with
+    bf16 instructions): the exact function's speed and how far bf16 moved the predictions.  Where
+    the default is fp32 already: ``(rec, None)``."""
+    from ..inference.recognizer import Recognizer
+
+    if rec.fast_inference is None or rec.fast_inference.precision == "fp32":
+        return rec, None
+    exact = Recognizer.from_checkpoint(None, fast=True, precision="fp32")
+    exact.predict(photo, color="BGR")  # the first call pays each engine's one-off start, as rec's did
+    numbers, results = _poster_side(exact, video, detect_every)
+    return exact, {**numbers, "engine": exact.engine, "agreement_with_default": _agreement(results, tracked)}
+
+
 def _traced_side(rec: Any, video: Path, detect_every: int, tracked: list[Any]) -> dict[str, Any] | None:
     """The same video path with the model as a verified traced graph (``use_traced_graph``: CPU
     fp32 only, within the golden tolerance of the model); ``None`` where it does not apply.  Last,
@@ -300,20 +329,23 @@ def run_video_benchmark(o: VideoBenchmarkOptions) -> dict[str, Any]:
         clip = make_face_video(Path(tmp) / "clip.avi", frames=o.frames, size=o.size, faces=o.faces,
                                face_image=o.face_image)
         start = time.perf_counter()
-        rec = Recognizer.from_checkpoint(None, fast=True)
+        rec = Recognizer.from_checkpoint(None, fast=True, precision=o.precision)  # as `poster predict` opens it
         photo = cv2.imread(str(o.face_image or DEFAULT_FACE_IMAGE))
         rec.predict(photo, color="BGR")  # the first call pays the one-off start of each engine
         report["poster_startup_s"] = time.perf_counter() - start
         followed, tracked = _poster_side(rec, clip.path, o.detect_every)
         per_frame, reference = _poster_side(rec, clip.path, 1)
-        report["poster"] = {"detect_every": o.detect_every, **followed}
+        report["poster"] = {"detect_every": o.detect_every, "model_workers": rec.resolved_model_workers(),
+                            "engine": rec.engine, **followed}
+        report["one_worker"] = _one_worker_side(rec, clip.path, o.detect_every, tracked)
         report["per_frame"] = per_frame
         report["agreement"] = _agreement(reference, tracked)
         report["poster_photo"] = _measure(lambda: sum(1 for _ in range(o.photos) if rec.predict(photo, color="BGR")))
         # a folder of photos as `poster predict` runs it: prepared ahead on threads, faces batched
         report["poster_photos"] = _measure(lambda: sum(1 for _ in rec.predict_many([photo] * (3 * o.photos), color="BGR")))
         report["poster_photo_labels"] = [f.label for f in rec.predict(photo, color="BGR").faces]
-        report["traced"] = _traced_side(rec, clip.path, o.detect_every, tracked)  # last: it changes rec
+        exact, report["fp32"] = _fp32_side(rec, clip.path, photo, o.detect_every, tracked)
+        report["traced"] = _traced_side(exact, clip.path, o.detect_every, tracked)  # last: it changes `exact`
         if o.peer:
             report["peer"] = _peer_side(clip.path, str(o.face_image or DEFAULT_FACE_IMAGE), o.photos, o.peer_path)
     report["machine"]["load_average_after"] = os.getloadavg()
@@ -332,16 +364,25 @@ def format_video_report(r: dict[str, Any]) -> str:
              f"{r['video']['faces']} face(s); {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
              f"({m['torch_threads']} threads), load average {m['load_average_before'][0]:.1f} -> "
              f"{m['load_average_after'][0]:.1f}",
-             f"{'':34} {'frames/s':>9} {'CPU-ms/frame':>13}"]
+             f"poster runs the {r['poster']['engine']}",
+             f"{'':38} {'frames/s':>9} {'CPU-ms/frame':>13}"]
 
     def row(name: str, d: dict[str, float]) -> str:
-        return f"{name:34} {d['frames_per_s']:9.1f} {d['cpu_ms_per_frame']:13.1f}"
+        return f"{name:38} {d['frames_per_s']:9.1f} {d['cpu_ms_per_frame']:13.1f}"
 
     lines.append(row(f"poster (detect every {r['poster']['detect_every']})", r["poster"])
                  + f"   ({r['agreement']['faces_tracked']} faces found in {r['poster']['frames']} frames)")
+    if r.get("one_worker"):
+        lines.append(row("poster, one model batch at a time", r["one_worker"])
+                     + f"   (default: {r['poster']['model_workers']} at once)")
     lines.append(row("poster, detection in every frame", r["per_frame"]))
+    if r.get("fp32"):
+        a = r["fp32"]["agreement_with_default"]
+        lines.append(row("poster, fp32 (the exact function)", r["fp32"])
+                     + f"   (default's top label agrees {100 * a['top_label_agreement']:.1f}%, "
+                     f"max difference {a['max_prob_diff_max']:.4f})")
     if r.get("traced"):
-        lines.append(row("poster, traced graph (long/live runs)", r["traced"])
+        lines.append(row("poster, fp32 traced (long/live runs)", r["traced"])
                      + f"   (tracing cost {r['traced']['trace_cpu_s']:.1f} CPU-s once)")
     peer = r.get("peer")
     if peer and peer.get("available"):

@@ -91,7 +91,7 @@ def _run_video(args: argparse.Namespace) -> int:
         raise PosterError("--frames, --detect-every and --photos must be at least 1")
     options = VideoBenchmarkOptions(frames=args.frames, faces=args.faces, detect_every=args.detect_every,
                                     peer=args.peer, peer_path=args.peer_path, photos=args.photos,
-                                    json_path=args.json_path)
+                                    json_path=args.json_path, precision=args.precision)
     print(format_video_report(run_video_benchmark(options)))
     if args.json_path:
         print(f"json: {args.json_path}")
