@@ -2,8 +2,9 @@
 
 On 2 cores one model batch on 2 OpenMP threads spends part of its time with one thread waiting
 for the other at each op's end, and shares those cores with the thread that decodes and detects
-faces.  Two batches at once on one thread each keep both cores busy on useful work: the same
-video ran at 27.6 frames/s and 67.6 CPU-ms per frame against 24.1 and 71.8 (docs/benchmarks.md).
+faces.  Two batches at once on one thread each keep both cores busy on useful work: the
+benchmark video ran at 25.0 frames/s against 21.3 on a 2-core AVX2 machine (fp32), and at 108
+against 85 on a 2-core AVX512-BF16 one (bf16; docs/benchmarks.md).
 
 How the per-worker thread count is set: ``torch.set_num_threads`` sets the OpenMP/MKL thread count
 of the *calling* thread (libgomp keeps it per thread) and also the default that threads started
