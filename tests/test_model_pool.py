@@ -126,6 +126,30 @@ def test_two_workers_run_batches_at_once_and_keep_the_order():
     assert not _model_threads_alive()
 
 
+
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetched", "in this thread"])
+def test_a_live_frame_comes_out_when_done_not_when_the_next_one_arrives(torch_threads, prefetch):
+    """A webcam gives a frame every ~33 ms: with two workers each frame's result still comes out as
+    soon as its batch is done, while the next frame is awaited (no frame of extra latency)."""
+    torch_threads(2)
+    events: list[str] = []
+
+    def camera():
+        for k, image in enumerate(_grey_images(4)):
+            if k:
+                time.sleep(0.3)  # much longer than a batch of the test backend takes
+            events.append(f"frame {k}")
+            yield k, np.repeat(image[:, :, None], 3, axis=2)
+
+    rec = Recognizer(_Backend(must_overlap=False), META, detector="none", batch_size=2, model_workers=2,
+                     prefetch=prefetch)
+    assert rec.resolved_model_workers() == 2
+    for result in rec.predict_frames("<camera>", camera(), live=True):
+        events.append(f"result {result.frame}")
+    assert events == [f"{kind} {k}" for k in range(4) for kind in ("frame", "result")]
+    assert not _model_threads_alive()
+
+
 def test_a_batch_failing_in_a_worker_is_raised_to_the_caller_and_the_workers_stop():
     rec = Recognizer(_Backend(must_overlap=False, nan_at_call=3), META, detector="none", batch_size=2,
                      model_workers=2)

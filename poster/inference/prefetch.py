@@ -16,54 +16,75 @@ class _Raised:
         self.exc = exc
 
 
-def prefetched(items: Iterator[Any], maxsize: int) -> Iterator[Any]:
-    """Run ``items`` in a daemon thread, handing its values over through a bounded queue."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
-    stop = threading.Event()
+class Prefetched(Iterator[Any]):
+    """The values of ``items``, produced ahead in a daemon thread and handed over through a
+    bounded queue (the thread starts at the first ``next``).  ``backlog()``: values produced and
+    not yet taken, so a consumer can tell whether the next one would make it wait."""
 
-    def put(value: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Iterator[Any], maxsize: int) -> None:
+        self._items = items
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._values = self._consume()
+
+    def __next__(self) -> Any:
+        return next(self._values)
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        self._values.close()
+
+    def _put(self, value: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(value, timeout=0.05)
+                self._queue.put(value, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self) -> None:
         try:
-            for value in items:
-                if not put(value):
+            for value in self._items:
+                if not self._put(value):
                     return
-            put(_DONE)
+            self._put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            put(_Raised(exc))
+            self._put(_Raised(exc))
         finally:
-            close = getattr(items, "close", None)
+            close = getattr(self._items, "close", None)
             if close is not None:
                 try:
                     close()
                 except Exception:  # pragma: no cover - best effort
                     pass
 
-    thread = threading.Thread(target=work, name="poster-predict-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            value = q.get()
-            if value is _DONE:
-                return
-            if isinstance(value, _Raised):
-                raise value.exc
-            yield value
-    finally:
-        stop.set()
-        while True:  # unblock the producer
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                break
-        thread.join(timeout=5.0)
+    def _consume(self) -> Iterator[Any]:
+        thread = threading.Thread(target=self._work, name="poster-predict-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                value = self._queue.get()
+                if value is _DONE:
+                    return
+                if isinstance(value, _Raised):
+                    raise value.exc
+                yield value
+        finally:
+            self._stop.set()
+            while True:  # unblock the producer
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            thread.join(timeout=5.0)
+
+
+def prefetched(items: Iterator[Any], maxsize: int) -> Prefetched:
+    """Run ``items`` in a daemon thread, handing its values over through a bounded queue."""
+    return Prefetched(items, maxsize)
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int | None = None) -> Iterator[Any]:

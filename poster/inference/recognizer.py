@@ -55,7 +55,7 @@ from ..face.detect import Face, FaceDetector, build_detector
 from ..meta import ModelMeta, check_channel_order
 from ..precision import PRECISIONS
 from .model_pool import open_model_pool
-from .prefetch import ordered_map, prefetched
+from .prefetch import Prefetched, ordered_map, prefetched
 from .results import ImageResult, face_result
 from .video import VideoPrediction
 
@@ -288,13 +288,15 @@ class Recognizer:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _run(self, jobs: Iterator[_Job], keep_images: bool, max_pending: int | None = None) -> Iterator[ImageResult]:
+    def _run(self, jobs: Iterator[_Job], keep_images: bool, live: bool = False) -> Iterator[ImageResult]:
         """Batch the faces of consecutive jobs through the model; yield results in input order.
 
-        At most ``max_pending`` inputs wait for a batch to fill (default ``2 * batch_size``; 1 for
-        live sources, so that each frame comes out as soon as it is done).  With more than one
-        model worker (``model_workers``), up to that many batches run at once."""
-        max_pending = max(1, max_pending if max_pending is not None else 2 * self.batch_size)
+        At most ``2 * batch_size`` inputs wait for a batch to fill.  ``live`` sources batch each
+        input alone, and its result comes out as soon as it is done.  With more than one model
+        worker (``model_workers``), up to that many batches run at once; live, a batch is waited
+        for when no next input is ready (the source would make us wait anyway), so batches
+        overlap only while inputs queue up."""
+        max_pending = 1 if live else 2 * self.batch_size
         if self.prefetch:
             jobs = prefetched(jobs, maxsize=max(2, self.batch_size))
         pool = open_model_pool(self.resolved_model_workers())
@@ -347,6 +349,8 @@ class Recognizer:
                 if waiting >= max_pending:
                     flush()
                     waiting = 0
+                if live and running and not (isinstance(jobs, Prefetched) and jobs.backlog()):
+                    collect(wait=True)
                 if not queued:
                     yield from ready()
             flush()
@@ -433,7 +437,7 @@ class Recognizer:
         together.  ``live`` (webcams, streams): each frame comes out as soon as it is done instead
         of waiting for a batch to fill.  Closing the returned iterator early stops the work."""
         jobs = (self._prepare(source, index, frame, "BGR") for index, frame in frames)
-        return self._run(jobs, keep_images, max_pending=1 if live else None)
+        return self._run(jobs, keep_images, live=live)
 
     def predict_video(self, source: int | str | os.PathLike, every_n: int = 1, smoothing: float | None = None,
                       keep_images: bool = False, max_frames: int | None = None, detect_every: int = 5,
