@@ -97,3 +97,31 @@ def test_serve_flag_defaults_are_serveconfigs():
         value = getattr(config, field.name)
         flag = flags[by_flag.get(field.name, field.name)]
         assert (flag * 1e6 if field.name == "max_pixels" else flag) == value, field.name
+
+
+def test_the_program_freezes_the_collector_after_its_command_and_main_does_not(monkeypatch):
+    """``poster`` and ``python -m poster`` run ``console_main``: the command, then ``gc.freeze()``
+    (the interpreter's exit then skips walking torch's objects); ``main()`` alone leaves gc as is."""
+    import gc
+    import tomllib
+    from pathlib import Path
+
+    import poster.cli as cli
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["poster"] == "poster.cli:console_main"
+    assert "console_main()" in (root / "poster" / "__main__.py").read_text()
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 3)
+    assert cli.console_main() == 3 and calls == ["main", "freeze"]
+    monkeypatch.undo()
+    frozen = gc.get_freeze_count()
+    assert cli.main(["models"]) == 0 and gc.get_freeze_count() == frozen
+
+
+def test_python_m_poster_runs_a_command_to_the_end(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "poster", "models"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "poster_v1" in out.stdout, out.stderr
+
