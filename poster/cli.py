@@ -86,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {printable(_user_message(e))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader went away (`poster models | head`): stop quietly, as other programs do, and
+        # point stdout at nowhere so the interpreter's final flush does not fail again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor
+            pass
+        return 141  # 128 + SIGPIPE, the shell's status for a program stopped by a closed pipe
     except OSError as e:
         if args.verbose or not e.filename:
             raise

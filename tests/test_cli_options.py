@@ -125,3 +125,14 @@ def test_python_m_poster_runs_a_command_to_the_end(tmp_path):
     out = subprocess.run([sys.executable, "-m", "poster", "models"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "poster_v1" in out.stdout, out.stderr
 
+
+def test_a_closed_pipe_stops_the_program_quietly():
+    """``poster models | head``: the reader leaves early; no traceback, the shell's status 141."""
+    child = ("import sys\nimport poster.commands.models as models\n"
+             "models.run = lambda args: [print('x' * 100) for _ in range(100_000)] and 0\n"
+             "from poster.cli import console_main\nsys.argv = ['poster', 'models']\nsys.exit(console_main())\n")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"xxx")
+    proc.stdout.close()  # the reader leaves
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "Broken pipe" not in err, err
