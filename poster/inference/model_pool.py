@@ -50,6 +50,10 @@ class ModelPool:
             for _ in range(self.workers):
                 self._pool.submit(_nothing)
             started.wait()
+        except BaseException:
+            started.abort()  # workers still waiting give up instead of timing out
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
         finally:
             torch.set_num_threads(caller_threads)  # the default for threads started from now on
         self.caller_threads = torch.get_num_threads()

@@ -82,11 +82,6 @@ class Prefetched(Iterator[Any]):
             thread.join(timeout=5.0)
 
 
-def prefetched(items: Iterator[Any], maxsize: int) -> Prefetched:
-    """Run ``items`` in a daemon thread, handing its values over through a bounded queue."""
-    return Prefetched(items, maxsize)
-
-
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int | None = None) -> Iterator[Any]:
     """``fn(item)`` for each item on ``workers`` threads, yielded in the items' order, with at most
     ``ahead`` (default ``2 * workers``) calls started and not yet handed over: memory stays bounded

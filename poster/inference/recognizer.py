@@ -55,7 +55,7 @@ from ..face.detect import Face, FaceDetector, build_detector
 from ..meta import ModelMeta, check_channel_order
 from ..precision import PRECISIONS
 from .model_pool import open_model_pool
-from .prefetch import Prefetched, ordered_map, prefetched
+from .prefetch import Prefetched, ordered_map
 from .results import ImageResult, face_result
 from .video import VideoPrediction
 
@@ -298,7 +298,7 @@ class Recognizer:
         overlap only while inputs queue up."""
         max_pending = 1 if live else 2 * self.batch_size
         if self.prefetch:
-            jobs = prefetched(jobs, maxsize=max(2, self.batch_size))
+            jobs = Prefetched(jobs, maxsize=max(2, self.batch_size))
         pool = open_model_pool(self.resolved_model_workers())
         pending: deque[_Job] = deque()
         queued: list[tuple[_Job, int]] = []
@@ -308,9 +308,10 @@ class Recognizer:
             for (job, i), p in zip(entries, probs):
                 job.probs[i] = p
 
-        def collect(wait: bool) -> None:
-            """Results of the pool's batches, oldest first: those finished (``wait``: all)."""
-            while running and (wait or running[0][0].done()):
+        def collect(wait: bool, leave: int = 0) -> None:
+            """Results of the pool's batches, oldest first: those finished, or with ``wait`` all
+            but the newest ``leave`` (waiting for them)."""
+            while len(running) > leave and (wait or running[0][0].done()):
                 future, entries = running.popleft()
                 store(entries, future.result())
 
@@ -325,9 +326,7 @@ class Recognizer:
             if pool is None:
                 store(entries, self.probabilities(batch))
                 return
-            while len(running) >= pool.workers:
-                future, done = running.popleft()
-                store(done, future.result())
+            collect(wait=True, leave=pool.workers - 1)  # a worker free for this batch
             running.append((pool.submit(self.probabilities, batch), entries))
 
         def ready() -> Iterator[ImageResult]:
